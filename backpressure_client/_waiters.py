@@ -1,0 +1,105 @@
+"""Waiters: callers parked in the limiter's FIFO queue until a slot is theirs.
+
+A waiter is granted a slot *by the releasing caller*, under the limiter's
+lock (a hand-off), and then woken.  The releasing caller may be a thread or a
+task on any event loop, so each waiter carries a ``wake`` callable that is
+safe to call from any thread, and never blocks.
+
+Async waiters support asyncio and trio (the two anyio backends): the waiter
+waits on the running library's own event, and a wake from another thread is
+passed to that loop through its thread-safe entry point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+
+__all__ = ["AsyncWaiter", "ThreadWaiter", "Waiter"]
+
+
+class Waiter:
+    """What the limiter needs to know about a parked caller."""
+
+    __slots__ = ("closed", "granted", "in_flight", "seq")
+
+    def __init__(self) -> None:
+        #: set under the limiter's lock when a slot is handed to this waiter.
+        self.granted = False
+        #: set under the limiter's lock when the limiter closes.
+        self.closed = False
+        self.seq = 0
+        self.in_flight = 0
+
+    def wake(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class ThreadWaiter(Waiter):
+    """A thread blocked on a private lock that the hand-off releases."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def wake(self) -> None:
+        self._lock.release()
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to *timeout* seconds; true when woken."""
+        return self._lock.acquire(timeout=timeout)
+
+
+class AsyncWaiter(Waiter):
+    """A task waiting on its event loop's own event."""
+
+    __slots__ = ("_wake", "wait")
+
+    wait: Callable[[], Awaitable[object]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._wake: Callable[[], None]
+        owner = threading.get_ident()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            event = asyncio.Event()
+            self.wait = event.wait
+
+            def wake() -> None:
+                if threading.get_ident() == owner:
+                    event.set()
+                else:
+                    # A closed loop raises RuntimeError: its task is gone too.
+                    with contextlib.suppress(RuntimeError):
+                        loop.call_soon_threadsafe(event.set)
+
+            self._wake = wake
+            return
+        trio = sys.modules.get("trio")
+        if trio is None:
+            raise RuntimeError("waiting for a slot needs a running asyncio or trio event loop")
+        trio_event = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+        self.wait = trio_event.wait
+
+        def trio_wake() -> None:
+            if threading.get_ident() == owner:
+                trio_event.set()
+            else:
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(trio_event.set)
+
+        self._wake = trio_wake
+
+    def wake(self) -> None:
+        self._wake()
