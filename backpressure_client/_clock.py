@@ -13,6 +13,7 @@ waiting (``try_acquire``) and advances the clock itself.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,8 @@ class ManualClock:
     __slots__ = ("_lock", "_now")
 
     def __init__(self, start: float = 0.0) -> None:
+        if not math.isfinite(start):
+            raise ValueError(f"start={start!r}: must be a finite number of seconds")
         self._now = float(start)
         self._lock = threading.Lock()
 
@@ -46,8 +49,10 @@ class ManualClock:
     def advance(self, seconds: float) -> float:
         """Move the clock forward by *seconds* (>= 0) and return the new time.
 
-        :raises ValueError: if *seconds* is negative.
+        :raises ValueError: if *seconds* is negative or not finite.
         """
+        if not math.isfinite(seconds):
+            raise ValueError(f"advance({seconds!r}): must be a finite number of seconds")
         if seconds < 0:
             raise ValueError(f"a clock cannot go back: advance({seconds!r})")
         with self._lock:
@@ -57,8 +62,10 @@ class ManualClock:
     def set(self, now: float) -> None:
         """Jump to *now* seconds; it must not be earlier than the current time.
 
-        :raises ValueError: if *now* is earlier than the current reading.
+        :raises ValueError: if *now* is earlier than the current reading or not finite.
         """
+        if not math.isfinite(now):
+            raise ValueError(f"set({now!r}): must be a finite number of seconds")
         with self._lock:
             if now < self._now:
                 raise ValueError(f"a clock cannot go back: set({now!r}) < {self._now!r}")

@@ -7,30 +7,34 @@ the monitoring URL never appear in its repr or in any error message.
 
 Environment variables (:meth:`BackpressureConfig.from_env`):
 
-==========================================  ==================================
-variable                                    field
-==========================================  ==================================
-``BACKPRESSURE_ENABLED``                    ``enable_backpressure``
-``BACKPRESSURE_MONITORING_URL``             ``backpressure_monitoring_url``
-``BACKPRESSURE_QUERIES``                    ``backpressure_queries`` (one per
-                                            line, or a JSON list)
-``BACKPRESSURE_WINDOW_MIN``                 ``congestion_window_min``
-``BACKPRESSURE_WINDOW_MAX``                 ``congestion_window_max``
-``BACKPRESSURE_CADENCE``                    ``monitoring_cadence`` (seconds)
-``BACKPRESSURE_QUERY_TIMEOUT``              ``query_timeout`` (seconds)
-``BACKPRESSURE_STALE_AFTER``                ``stale_after`` (seconds)
-``BACKPRESSURE_FAILURE_POLICY``             ``failure_policy``
-``BACKPRESSURE_WAIT_TIMEOUT``               ``wait_timeout`` (seconds)
-``BACKPRESSURE_MAX_WAITERS``                ``max_waiters``
-``BACKPRESSURE_WINDOW_POLICY``              ``window_policy``: ``default`` or
-                                            ``seed``
-``BACKPRESSURE_WINDOW_INCREASE_STEP``       ``window_policy.increase_step``
-``BACKPRESSURE_WINDOW_DECREASE_FACTOR``     ``window_policy.decrease_factor``
-``BACKPRESSURE_WINDOW_MIN_UTILISATION``     ``window_policy.min_utilisation``
+=================================================  ============================================
+variable                                           field
+=================================================  ============================================
+``BACKPRESSURE_ENABLED``                           ``enable_backpressure``
+``BACKPRESSURE_MONITORING_URL``                    ``backpressure_monitoring_url``
+``BACKPRESSURE_QUERIES``                           ``backpressure_queries`` (see below)
+``BACKPRESSURE_WINDOW_MIN``                        ``congestion_window_min``
+``BACKPRESSURE_WINDOW_MAX``                        ``congestion_window_max``
+``BACKPRESSURE_CADENCE``                           ``monitoring_cadence`` (seconds)
+``BACKPRESSURE_QUERY_TIMEOUT``                     ``query_timeout`` (seconds)
+``BACKPRESSURE_STALE_AFTER``                       ``stale_after`` (seconds)
+``BACKPRESSURE_FAILURE_POLICY``                    ``failure_policy``
+``BACKPRESSURE_WAIT_TIMEOUT``                      ``wait_timeout`` (seconds)
+``BACKPRESSURE_MAX_WAITERS``                       ``max_waiters``
+``BACKPRESSURE_WINDOW_POLICY``                     ``window_policy``: ``default`` or ``seed``
+``BACKPRESSURE_WINDOW_INCREASE_STEP``              ``window_policy.increase_step``
+``BACKPRESSURE_WINDOW_DECREASE_FACTOR``            ``window_policy.decrease_factor``
+``BACKPRESSURE_WINDOW_MIN_UTILISATION``            ``window_policy.min_utilisation``
 ``BACKPRESSURE_WINDOW_DECREASE_ONCE_PER_READING``  ``window_policy.decrease_once_per_reading``
 ``BACKPRESSURE_WINDOW_DECREASE_ONCE_PER_RTT``      ``window_policy.decrease_once_per_rtt``
-``BACKPRESSURE_WINDOW_REACT_TO_DROPS``      ``window_policy.react_to_drops``
-==========================================  ==================================
+``BACKPRESSURE_WINDOW_REACT_TO_DROPS``             ``window_policy.react_to_drops``
+``BACKPRESSURE_WINDOW_INCREASE_PER``               ``window_policy.increase_per``
+``BACKPRESSURE_WINDOW_SLOW_START``                 ``window_policy.slow_start``
+=================================================  ============================================
+
+``BACKPRESSURE_QUERIES`` holds one query per line, or a JSON list of strings.
+Booleans read ``1``/``true``/``yes``/``on`` and ``0``/``false``/``no``/``off``.
+An empty variable counts as unset.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from ._errors import ConfigError
-from ._redact import redact_url
+from ._redact import redact_text, redact_url
 from ._window import WindowPolicy
 
 __all__ = ["BackpressureConfig", "FailurePolicy"]
@@ -170,12 +174,18 @@ class BackpressureConfig:
         out: list[str] = []
         queries = self.backpressure_queries
         url = self.backpressure_monitoring_url
+        queries_named = True
         if isinstance(queries, (str, bytes)):
             out.append(
                 f"backpressure_queries={_short(queries)}: must be a list of query strings, "
                 "not one string"
             )
             queries = ()
+        elif not isinstance(queries, tuple):  # __post_init__ made any iterable a tuple
+            out.append(f"backpressure_queries={_short(queries)}: must be a list of query strings")
+            queries = ()
+        else:
+            queries_named = False
         for i, q in enumerate(queries):
             where = f"backpressure_queries[{i}]"
             if not isinstance(q, str):
@@ -192,7 +202,7 @@ class BackpressureConfig:
             if problem:
                 out.append(problem)
         if self.enable_backpressure:
-            if url is not None and not queries:
+            if url is not None and not queries and not queries_named:
                 out.append(
                     "backpressure_queries=(): no queries while enable_backpressure is true and "
                     "a monitoring URL is set; give at least one PromQL query"
@@ -328,13 +338,7 @@ class BackpressureConfig:
             raw = env.get(var)
             if raw is None or raw.strip() == "":
                 continue
-            parse = (
-                _parse_bool
-                if fname.startswith(("decrease_once", "react"))
-                else int
-                if fname == "increase_step"
-                else float
-            )
+            parse = _POLICY_PARSERS.get(fname, float)
             try:
                 policy[fname] = parse(raw.strip())
             except ValueError:
@@ -398,7 +402,8 @@ def _positive(value: object) -> bool:
 
 
 def _short(value: object) -> str:
-    text = repr(value)
+    # Redact before cutting: a cut could split a URL's user-info from its "@".
+    text = redact_text(repr(value))
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -439,5 +444,14 @@ def _parse_queries(raw: str) -> tuple[str, ...]:
         return tuple(loaded)
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
+
+_POLICY_PARSERS: dict[str, Callable[[str], Any]] = {
+    "increase_step": int,
+    "increase_per": str,
+    "decrease_once_per_reading": _parse_bool,
+    "decrease_once_per_rtt": _parse_bool,
+    "react_to_drops": _parse_bool,
+    "slow_start": _parse_bool,
+}
 
 _parse_queries.__name__ = "queries (one per line, or a JSON list)"

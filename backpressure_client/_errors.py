@@ -36,6 +36,10 @@ class ConfigError(BackpressureClientError, ValueError):
             )
         super().__init__(message)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # args holds the message; rebuilding from it would split it into characters.
+        return (type(self), (self.problems,))
+
 
 class LimiterStateError(BackpressureClientError, RuntimeError):
     """The limiter was used in a state that does not allow it (not started, closed)."""
@@ -78,7 +82,7 @@ class BackpressureError(BackpressureClientError):
         if self.firing:
             parts.append(f"; firing: {', '.join(self.firing)}")
         if self.retry_after is not None:
-            parts.append(f"; retry after {self.retry_after:.3g} s")
+            parts.append(f"; retry after {_seconds(self.retry_after)} s")
         return "".join(parts)
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -88,6 +92,11 @@ class BackpressureError(BackpressureClientError):
             _rebuild,
             (type(self), self.window, self.in_flight, self.firing, self.retry_after, self.limiter),
         )
+
+
+def _seconds(value: float) -> str:
+    # Three significant digits, without switching to 1.23e+04 for long hints.
+    return f"{value:.3g}" if value < 1000 else f"{value:.0f}"
 
 
 def _rebuild(

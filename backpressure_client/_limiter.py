@@ -43,6 +43,9 @@ __all__ = [
 
 _SUCCESS: Final = Outcome.SUCCESS
 _DROPPED: Final = Outcome.DROPPED
+_IGNORED: Final = Outcome.IGNORED
+
+_new_permit: Final = object.__new__
 
 #: Maps an exception raised while a slot was held to an outcome.
 ExceptionClassifier = Callable[[BaseException], Outcome]
@@ -127,7 +130,7 @@ class Permit:
         :returns: ``True`` on the first call, ``False`` on any later one.
         :raises ValueError: if *outcome* is not an outcome.
         """
-        if outcome.__class__ is not Outcome:
+        if outcome is not _SUCCESS and outcome.__class__ is not Outcome:
             outcome = Outcome(outcome)
         limiter = self._limiter
         if limiter is None:
@@ -141,34 +144,19 @@ class Permit:
             if latency is not None:
                 limiter._latency_seconds += latency
                 limiter._latency_count += 1
-            window = limiter._window_state
             if outcome is _SUCCESS:
                 limiter._success += 1
-                # A quiet success below the window's grow floor changes nothing:
-                # skip the call (the free-slot hot path).
-                adjust = limiter._any_firing or self.in_flight_at_admission >= window.grow_floor
+                # Below the shortcut floor a success cannot move the window
+                # (quiet, and too little of the window was in use): the
+                # free-slot hot path skips the window call altogether.
+                if self.in_flight_at_admission >= limiter._adjust_floor:
+                    limiter._completed_locked(self, outcome)
             else:
                 if outcome is _DROPPED:
                     limiter._dropped += 1
                 else:
                     limiter._ignored += 1
-                adjust = True
-            if adjust and not limiter._disabled:
-                old = window.size
-                new = window.on_completion(
-                    outcome,
-                    self.seq,
-                    self.in_flight_at_admission,
-                    limiter._any_firing,
-                    limiter._reading,
-                    limiter._seq,
-                )
-                if new != old:
-                    if new > old:
-                        limiter._increases += 1
-                    else:
-                        limiter._decreases += 1
-                    limiter._refresh_gate_locked()
+                limiter._completed_locked(self, outcome)
             if not limiter._waiters:
                 return True
             wakers = limiter._dispatch_locked()
@@ -239,6 +227,9 @@ class Backpressure:
         self._ready = True
         self._closed = False
         self._gate = 0
+        # Permit.release skips the window for successes admitted with fewer
+        # requests in flight than this (see _refresh_gate_locked).
+        self._adjust_floor = 0
         # Signal board: the latest reported state of each signal.
         self._signal_states: dict[str, tuple[bool, float]] = {}
         self._firing: tuple[str, ...] = ()
@@ -286,6 +277,11 @@ class Backpressure:
         return self._firing
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` or :meth:`aclose` was called: no new requests are admitted."""
+        return self._closed
+
+    @property
     def clock(self) -> Clock:
         """The clock this limiter reads."""
         return self._clock
@@ -312,7 +308,9 @@ class Backpressure:
                 minimum=w.minimum,
                 maximum=w.maximum,
                 cap=w.cap,
-                admitted=self._seq - self._abandoned - len([w for w in self._waiters if w.granted]),
+                # Sequence numbers of slots handed to waiters that gave up
+                # never reached a caller.
+                admitted=self._seq - self._abandoned,
                 rejected=self._rejected,
                 success=self._success,
                 dropped=self._dropped,
@@ -342,7 +340,13 @@ class Backpressure:
                 self._in_flight = in_flight
                 seq = self._seq
                 self._seq = seq + 1
-                return Permit(self, seq, in_flight)
+                # Permit(self, seq, in_flight) without the __init__ call: the
+                # call costs a quarter of the whole admit+release path.
+                permit = _new_permit(Permit)
+                permit._limiter = self
+                permit.seq = seq
+                permit.in_flight_at_admission = in_flight
+                return permit
             raise self._rejection_locked(BackpressureError)
         finally:
             self._lock_release()
@@ -356,16 +360,34 @@ class Backpressure:
         :raises WaitTimeoutError: no slot came free within *timeout*.
         :raises QueueFullError: ``max_waiters`` callers are waiting already.
         :raises LimiterStateError: the limiter is closed or not started.
+        :raises ValueError: *timeout* is negative or not finite.
         """
-        timeout = self._timeout(timeout)
-        waiter = ThreadWaiter()
-        with self._lock:
-            permit = self._admit_or_enqueue_locked(waiter, timeout)
-            if permit is not None:
+        if timeout is not None:
+            # Checked before the free-slot test: a bad value must not pass
+            # unnoticed until the first time the window is full.
+            timeout = self._timeout(timeout)
+        self._lock_acquire()
+        try:
+            in_flight = self._in_flight
+            if in_flight < self._gate:  # the free-slot path, as try_acquire
+                in_flight += 1
+                self._in_flight = in_flight
+                seq = self._seq
+                self._seq = seq + 1
+                permit = _new_permit(Permit)
+                permit._limiter = self
+                permit.seq = seq
+                permit.in_flight_at_admission = in_flight
                 return permit
+            wait = self._wait_or_raise_locked(timeout)
+            waiter = ThreadWaiter()
+            self._waiters.append(waiter)
+            self._gate = 0
+        finally:
+            self._lock_release()
         start = self._clock()
         try:
-            waiter.wait(timeout)
+            waiter.wait(wait)
         except BaseException:
             # KeyboardInterrupt and the like: a slot handed to us is passed on.
             self._abandon_wait(waiter, start)
@@ -379,8 +401,11 @@ class Backpressure:
         Cancellation while waiting leaves no trace: a slot handed over in the
         meantime is passed on.
 
-        :raises BackpressureError: as :meth:`acquire`.
+        :raises BackpressureError: as :meth:`acquire`, and so do its
+            subclasses, :class:`LimiterStateError` and :class:`ValueError`.
         """
+        if timeout is not None:
+            timeout = self._timeout(timeout)
         self._lock_acquire()
         try:
             in_flight = self._in_flight
@@ -389,9 +414,12 @@ class Backpressure:
                 self._in_flight = in_flight
                 seq = self._seq
                 self._seq = seq + 1
-                return Permit(self, seq, in_flight)
-            timeout = self._timeout(timeout)
-            self._admit_or_enqueue_locked(None, timeout)  # raises unless we may wait
+                permit = _new_permit(Permit)
+                permit._limiter = self
+                permit.seq = seq
+                permit.in_flight_at_admission = in_flight
+                return permit
+            wait = self._wait_or_raise_locked(timeout)
             # Rare path: build the loop-bound waiter and queue it.
             waiter = AsyncWaiter()
             self._waiters.append(waiter)
@@ -400,7 +428,7 @@ class Backpressure:
             self._lock_release()
         start = self._clock()
         try:
-            with anyio.move_on_after(timeout):
+            with anyio.move_on_after(wait):
                 await waiter.wait()
         except BaseException:
             # Cancelled: a slot handed to us in the meantime is passed on.
@@ -430,7 +458,12 @@ class Backpressure:
         ``WindowPolicy.decrease_once_per_reading``); *level* (graded signals,
         in [0, 1]) caps the window at ``floor(max * (1 - level))``, the
         highest level across signals winning.
+
+        :raises ValueError: *name* is not a non-empty string, or *level* is
+            outside [0, 1].
         """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name={name!r}: a signal name must be a non-empty string")
         if not (0.0 <= level <= 1.0):
             raise ValueError(f"level={level!r}: must be in [0, 1]")
         with self._lock:
@@ -455,7 +488,8 @@ class Backpressure:
             old = self._window_state.size
             if self._window_state.set_level(level) < old:
                 self._decreases += 1
-                self._refresh_gate_locked()
+        # Firing and the cap both feed the release shortcut.
+        self._refresh_gate_locked()
 
     def set_retry_after(self, seconds: float) -> None:
         """Tell rejections to suggest retrying after *seconds* from now.
@@ -572,32 +606,21 @@ class Backpressure:
 
     # -- internals -----------------------------------------------------------
 
-    def _timeout(self, timeout: float | None) -> float:
-        if timeout is None:
-            return float(self.config.wait_timeout)
+    def _timeout(self, timeout: float) -> float:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError(f"timeout={timeout!r}: must be a number of seconds")
         if not math.isfinite(timeout) or timeout < 0:
             raise ValueError(f"timeout={timeout!r}: must be a finite number of seconds >= 0")
         return float(timeout)
 
-    def _admit_or_enqueue_locked(self, waiter: Waiter | None, timeout: float) -> Permit | None:
-        """Admit now, or queue *waiter* (``None``: the caller queues), or raise."""
-        in_flight = self._in_flight
-        if in_flight < self._gate:
-            in_flight += 1
-            self._in_flight = in_flight
-            seq = self._seq
-            self._seq = seq + 1
-            return Permit(self, seq, in_flight)
-        if not self._ready or timeout <= 0:
+    def _wait_or_raise_locked(self, timeout: float | None) -> float:
+        """For a caller that found no free slot: the seconds it may wait, or raise."""
+        wait = self.config.wait_timeout if timeout is None else timeout
+        if not self._ready or wait <= 0:
             raise self._rejection_locked(BackpressureError)
         if len(self._waiters) >= self.config.max_waiters:
             raise self._rejection_locked(QueueFullError)
-        if waiter is not None:
-            self._waiters.append(waiter)
-            self._gate = 0
-        return None
+        return float(wait)
 
     def _settle_wait(self, waiter: Waiter, start: float) -> Permit:
         """Turn a wait that ended (woken or timed out) into a permit or an error."""
@@ -669,11 +692,17 @@ class Backpressure:
         return wakers
 
     def _refresh_gate_locked(self) -> None:
-        """Recompute the admission gate after the window, the queue or the state changed.
+        """Recompute the hot paths' thresholds after any change to their inputs.
+
+        The inputs: the window, the queue, the signals, the limiter's state.
 
         ``in_flight < _gate`` is the whole free-slot test: the gate is 0 while
         callers queue (FIFO: no overtaking) or the limiter is not usable,
         unbounded when disabled, and the window otherwise.
+
+        ``in_flight_at_admission >= _adjust_floor`` is the whole test for
+        whether a success may move the window: never when disabled, always
+        while a signal fires, otherwise from the window's grow floor on.
         """
         if not self._ready or self._waiters:
             self._gate = 0
@@ -681,6 +710,33 @@ class Backpressure:
             self._gate = sys.maxsize
         else:
             self._gate = self._window_state.size
+        if self._disabled:
+            self._adjust_floor = sys.maxsize
+        elif self._any_firing:
+            self._adjust_floor = 0
+        else:
+            self._adjust_floor = self._window_state.grow_floor
+
+    def _completed_locked(self, permit: Permit, outcome: Outcome) -> None:
+        """Let a completed request move the window (counters are the caller's)."""
+        if self._disabled:
+            return
+        window = self._window_state
+        old = window.size
+        new = window.on_completion(
+            outcome,
+            permit.seq,
+            permit.in_flight_at_admission,
+            self._any_firing,
+            self._reading,
+            self._seq,
+        )
+        if new > old:
+            self._increases += 1
+        elif new < old:
+            self._decreases += 1
+        # The grow floor moves with the window even when its size does not.
+        self._refresh_gate_locked()
 
 
 class _Slot:
@@ -711,9 +767,19 @@ class _Slot:
         tb: TracebackType | None,
     ) -> None:
         permit = self._permit
-        if permit is not None:
-            self._permit = None
-            permit.release(_SUCCESS if exc is None else self._classify(exc))
+        if permit is None:
+            return
+        self._permit = None
+        if exc is None:
+            permit.release(_SUCCESS)
+            return
+        outcome: Outcome = _IGNORED
+        try:
+            outcome = Outcome(self._classify(exc))
+        finally:
+            # A classifier that raises or returns a non-outcome is a bug to
+            # report, but it must not cost the limiter a slot.
+            permit.release(outcome)
 
     async def __aexit__(
         self,

@@ -53,7 +53,9 @@ class ThreadWaiter(Waiter):
 
     def wait(self, timeout: float) -> bool:
         """Block up to *timeout* seconds; true when woken."""
-        return self._lock.acquire(timeout=timeout)
+        # Lock.acquire raises OverflowError beyond TIMEOUT_MAX (~49 days on
+        # some platforms); a longer wait is as good as that one.
+        return self._lock.acquire(timeout=min(timeout, threading.TIMEOUT_MAX))
 
 
 class AsyncWaiter(Waiter):

@@ -11,6 +11,15 @@ signal fires; it always stays within ``[min, max]``.
 The defaults (``WindowPolicy()``) keep that additive-increase /
 multiplicative-decrease shape and add three refinements, each one switchable:
 
+``increase_per`` (default ``"rtt"``) and ``slow_start`` (default on)
+    Grow by ``increase_step`` per *window's worth* of successes (once per
+    round trip, TCP's congestion avoidance) instead of per success.  Growing
+    per success doubles the window every round trip, so under steady
+    overload it overshoots the service's capacity every few round trips and
+    each overshoot costs a burst of 429/503s (which, seen by a Prometheus
+    error-rate query, then halve the window again for minutes).  Until the
+    window first shrinks it still grows per success (TCP's slow start), so a
+    new client reaches its working size in a few round trips.
 ``min_utilisation`` (default 0.5)
     Grow only when the completing request was admitted while at least this
     share of the window was in use.  An idle or lightly used client otherwise
@@ -38,6 +47,7 @@ import math
 import sys
 from dataclasses import dataclass
 from enum import Enum
+from typing import Literal
 
 __all__ = ["AIMDWindow", "Outcome", "WindowPolicy"]
 
@@ -58,6 +68,19 @@ _DROPPED = Outcome.DROPPED
 _IGNORED = Outcome.IGNORED
 _NEVER = sys.maxsize
 
+# Binary floats make ``90 * (1 - 0.3)`` come out as 62.999...; the window must
+# follow the decimal arithmetic the configuration reads as (63), so products
+# within this relative distance of an integer count as that integer.
+_SLACK = 1e-9
+
+
+def _floor(x: float) -> int:
+    return math.floor(x + abs(x) * _SLACK)
+
+
+def _ceil(x: float) -> int:
+    return math.ceil(x - abs(x) * _SLACK)
+
 
 @dataclass(frozen=True)
 class WindowPolicy:
@@ -77,6 +100,11 @@ class WindowPolicy:
         decrease do not shrink the window again.
     :param react_to_drops: a ``dropped`` outcome shrinks the window; when off
         it is handled like ``success``.
+    :param increase_per: ``"success"``: every qualifying success adds
+        ``increase_step``; ``"rtt"``: a window's worth of qualifying successes
+        does (``size`` of them, i.e. about one round trip).
+    :param slow_start: with ``increase_per="rtt"``, grow per success until
+        the window first shrinks (from then on, per round trip).
     """
 
     increase_step: int = 1
@@ -85,6 +113,8 @@ class WindowPolicy:
     decrease_once_per_reading: bool = True
     decrease_once_per_rtt: bool = True
     react_to_drops: bool = True
+    increase_per: Literal["success", "rtt"] = "rtt"
+    slow_start: bool = True
 
     @classmethod
     def seed(cls) -> WindowPolicy:
@@ -96,6 +126,8 @@ class WindowPolicy:
             decrease_once_per_reading=False,
             decrease_once_per_rtt=False,
             react_to_drops=False,
+            increase_per="success",
+            slow_start=False,
         )
 
     def problems(self, prefix: str = "window_policy.") -> list[str]:
@@ -120,7 +152,14 @@ class WindowPolicy:
             or not 0 <= u <= 1
         ):
             out.append(f"{prefix}min_utilisation={u!r}: must be a number in [0, 1]")
-        for name in ("decrease_once_per_reading", "decrease_once_per_rtt", "react_to_drops"):
+        if self.increase_per not in ("success", "rtt"):
+            out.append(f"{prefix}increase_per={self.increase_per!r}: must be 'success' or 'rtt'")
+        for name in (
+            "decrease_once_per_reading",
+            "decrease_once_per_rtt",
+            "react_to_drops",
+            "slow_start",
+        ):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 out.append(f"{prefix}{name}={value!r}: must be true or false")
@@ -147,8 +186,10 @@ class AIMDWindow:
     """
 
     __slots__ = (
+        "_credit",
         "_decrease_reading",
         "_decrease_seq",
+        "_per_success_below",
         "_step",
         "_utilisation",
         "cap",
@@ -173,6 +214,16 @@ class AIMDWindow:
         self._decrease_reading = -1
         self._step = self.policy.increase_step
         self._utilisation = self.policy.min_utilisation
+        # Successes counted towards the next per-round-trip increase.
+        self._credit = 0
+        # Below this size the window grows per success: everywhere for
+        # increase_per="success"; until the first decrease with slow start.
+        if self.policy.increase_per == "success":
+            self._per_success_below = _NEVER
+        elif self.policy.slow_start:
+            self._per_success_below = maximum
+        else:
+            self._per_success_below = 0
         #: a quiet success admitted with fewer requests in flight than this
         #: leaves the window as it is; the owner may skip the call (hot path).
         self.grow_floor = 0
@@ -199,6 +250,8 @@ class AIMDWindow:
             recorded on a decrease so later drops can tell whether they were
             admitted before it.
         """
+        if outcome.__class__ is not Outcome:
+            outcome = Outcome(outcome)
         if outcome is _SUCCESS and not firing:
             return self.on_quiet_success(in_flight_at_admission)
         if outcome is _IGNORED:
@@ -222,20 +275,35 @@ class AIMDWindow:
         Equivalent to ``on_completion(Outcome.SUCCESS, ..., firing=False, ...)``.
         """
         size = self.size
-        if size < self.cap and in_flight_at_admission >= self._utilisation * size:
-            size += self._step
+        # grow_floor is _NEVER at the cap: one comparison covers both rules.
+        if in_flight_at_admission >= self.grow_floor:
+            if size >= self._per_success_below:
+                # Congestion avoidance: increase_step per `size` successes.
+                credit = self._credit + self._step
+                if credit < size:
+                    self._credit = credit
+                    return size
+                self._credit = credit - size
+                size += 1
+            else:
+                size += self._step
             self.size = size if size < self.cap else self.cap
             self._update_floor()
         return self.size
 
     def _update_floor(self) -> None:
         size = self.size
-        self.grow_floor = math.ceil(self._utilisation * size) if size < self.cap else _NEVER
+        self.grow_floor = _ceil(self._utilisation * size) if size < self.cap else _NEVER
 
     def _decrease(self, next_seq: int, reading: int) -> int:
         self._decrease_seq = next_seq
         self._decrease_reading = reading
-        self.size = max(self.minimum, min(self.cap, int(self.size * self.policy.decrease_factor)))
+        shrunk = _floor(self.size * self.policy.decrease_factor)
+        self.size = max(self.minimum, min(self.cap, shrunk))
+        self._credit = 0
+        # The first decrease ends the slow start (TCP's ssthresh).
+        if self._per_success_below != _NEVER:
+            self._per_success_below = min(self._per_success_below, self.size)
         self._update_floor()
         return self.size
 
@@ -246,7 +314,9 @@ class AIMDWindow:
         Returns the new size, lowered at once when it is above the new cap.
         """
         level = min(1.0, max(0.0, level))
-        self.cap = max(self.minimum, math.floor(self.maximum * (1.0 - level)))
+        # floor(max * (1 - level)) == max - ceil(max * level), and the latter
+        # does not lose precision to 1 - level when the level is close to 1.
+        self.cap = max(self.minimum, self.maximum - _ceil(self.maximum * level))
         if self.size > self.cap:
             self.size = self.cap
         self._update_floor()

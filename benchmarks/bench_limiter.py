@@ -22,8 +22,12 @@ from backpressure_client import Backpressure, BackpressureConfig
 
 
 def _limiter() -> Backpressure:
-    # A window that never fills: measures the free-slot path.
-    return Backpressure(BackpressureConfig(congestion_window_min=1000, congestion_window_max=1000))
+    # A window that never fills: measures the free-slot path, default policy.
+    # No registry: metrics read stats() at scrape time, not on this path, and
+    # one limiter per round must not collide in the global registry.
+    return Backpressure(
+        BackpressureConfig(congestion_window_min=1000, congestion_window_max=1000), registry=None
+    )
 
 
 def sync_semaphore(ops: int) -> float:
