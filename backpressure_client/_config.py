@@ -198,7 +198,7 @@ class BackpressureConfig:
                     "(PromQL queries are given bare)"
                 )
         if url is not None:
-            problem = _url_problem(url)
+            problem = url_problem(url)
             if problem:
                 out.append(problem)
         if self.enable_backpressure:
@@ -407,17 +407,22 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _url_problem(url: object) -> str | None:
+def url_problem(url: object, field: str = "backpressure_monitoring_url") -> str | None:
+    """The problem with a Prometheus *url* given as *field*, or ``None`` when it is usable.
+
+    Shared by every place that takes a Prometheus URL; the message never
+    shows credentials.
+    """
     if not isinstance(url, str):
-        return f"backpressure_monitoring_url={_short(url)}: must be a string"
+        return f"{field}={_short(url)}: must be a string"
     try:
         parts = urlsplit(url.strip())
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        return f"backpressure_monitoring_url={redact_url(url)!r}: is not a valid URL"
+        return f"{field}={redact_url(url)!r}: is not a valid URL"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return (
-            f"backpressure_monitoring_url={redact_url(url)!r}: must be an http:// or https:// "
+            f"{field}={redact_url(url)!r}: must be an http:// or https:// "
             "URL with a host, such as http://prometheus:9090"
         )
     return None

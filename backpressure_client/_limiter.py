@@ -29,6 +29,7 @@ from ._clock import Clock, monotonic
 from ._config import BackpressureConfig
 from ._errors import BackpressureError, LimiterStateError, QueueFullError, WaitTimeoutError
 from ._metrics import register_limiter
+from ._signals import SignalStats
 from ._supervisor import Signal, Supervisor
 from ._waiters import AsyncWaiter, ThreadWaiter, Waiter
 from ._window import AIMDWindow, Outcome
@@ -294,6 +295,10 @@ class Backpressure:
             return None
         remaining = until - self._clock()
         return remaining if remaining > 0 else None
+
+    def signal_stats(self) -> tuple[SignalStats, ...]:
+        """A snapshot of each signal's state (last reading, errors, staleness), in order."""
+        return self._supervisor.signal_stats()
 
     def stats(self) -> LimiterStats:
         """A consistent snapshot of the window, the counters and the signals."""

@@ -1,45 +1,575 @@
-"""Starts and stops a limiter's signal pollers.
+"""Starts, runs and stops a limiter's signal pollers.
 
-PLACEHOLDER until the signals issue lands: no signals are polled yet.  The
-interface below is what the limiter relies on.
+Each signal has its own poller, so a slow or hanging signal never delays
+another one, and no poller ever holds the limiter's lock for longer than a
+``report_signal`` call, so no request waits for a signal.
+
+Threads (``limiter.start()`` / ``with limiter:``)
+    One daemon thread per signal keeps the cadence.  Each poll runs in a
+    short-lived daemon thread of its own, which the poller waits for at most
+    the signal's timeout: a poll that hangs is abandoned (counted as a
+    timeout, its result discarded), and the signal is not polled again until
+    it returns.  ``close()`` wakes the pollers and joins them; it returns
+    well under a second, whatever the signals are doing.
+
+anyio tasks (``await limiter.astart()`` / ``async with limiter:``)
+    One task per signal, in a task group owned by the limiter, on asyncio or
+    trio.  ``async def poll`` is awaited under a timeout; a plain ``poll`` is
+    called through :func:`anyio.to_thread.run_sync` with
+    ``abandon_on_cancel=True``.  ``aclose()`` cancels the group and returns as
+    soon as its tasks have ended.
+
+Either way, no poller thread or task outlives the limiter: closing it stops
+them, and so does the limiter being garbage-collected (pollers hold it
+weakly).  A poll abandoned because it hangs keeps its worker thread until
+the signal's own call returns (the built-in signals give up after their
+timeout); its result is discarded.
+
+The first poll happens at start; then one every cadence, measured from the
+start of the previous poll.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._config import BackpressureConfig, FailurePolicy
+from ._errors import ConfigError, LimiterStateError
+from ._promql import PromQLSignal
+from ._signals import (
+    Reading,
+    Signal,
+    SignalError,
+    SignalStats,
+    SignalTracker,
+    as_reading,
+    describe_exception,
+    option_problems,
+)
 
 if TYPE_CHECKING:
     from ._limiter import Backpressure
 
 __all__ = ["Signal", "Supervisor"]
 
-#: A backpressure signal (the protocol is defined by the signals issue).
-Signal = Any
+_log = logging.getLogger("backpressure_client.signals")
+
+#: How long ``stop()`` waits for poller threads, in total (seconds).
+_JOIN_GRACE = 0.25
+
+
+def _grace(timeout: float) -> float:
+    """Extra seconds a poller waits past a signal's timeout.
+
+    A signal that enforces its own timeout (the built-in ones do) then
+    reports its own, more precise, error.
+    """
+    return min(0.5, 0.05 + 0.1 * timeout)
+
+
+class _Call:
+    """One poll handed to a worker thread."""
+
+    __slots__ = ("_token", "done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: object = None
+        self.error: BaseException | None = None
+        self._token = threading.Lock()
+
+    def claim(self) -> bool:
+        """Whether this caller is the first to claim the call.
+
+        The worker claims it to run the poll; a poller that was cancelled
+        while waiting for a worker thread claims it so the poll never runs.
+        """
+        return self._token.acquire(blocking=False)
+
+
+class _Runner:
+    """The poller of one signal: its schedule, its deadlines, its bookkeeping."""
+
+    def __init__(
+        self,
+        signal: Signal,
+        *,
+        limiter: Backpressure,
+        cadence: float,
+        timeout: float,
+        stale_after: float,
+        policy: FailurePolicy,
+    ) -> None:
+        self.signal = signal
+        self.name: str = signal.name
+        self.cadence = cadence
+        self.timeout = timeout
+        self.limit = timeout + _grace(timeout)
+        self.is_async = inspect.iscoroutinefunction(signal.poll)
+        self._limiter_ref = weakref.ref(limiter)
+        self._clock = limiter.clock
+        self.tracker = SignalTracker(
+            self.name,
+            limiter=limiter.name,
+            cadence=cadence,
+            timeout=timeout,
+            stale_after=stale_after,
+            policy=policy,
+            clock=limiter.clock,
+        )
+        self._lock = threading.Lock()
+        self._busy_since: float | None = None
+        self._stopping = False
+        self._close_pending = False
+        self._closed = False
+        self._wake = threading.Event()
+        self.thread: threading.Thread | None = None
+        self._scope: anyio.CancelScope | None = None
+
+    # -- shared --------------------------------------------------------------
+
+    def _begin(self) -> SignalError | None:
+        """Mark a poll as running, or say why it cannot start."""
+        with self._lock:
+            busy = self._busy_since
+            if busy is None:
+                self._busy_since = time.monotonic()
+                return None
+        return SignalError(
+            "timeout",
+            f"the previous poll has not returned after {time.monotonic() - busy:.3g} s "
+            f"(timeout {self.timeout:.3g} s)",
+        )
+
+    def _end(self) -> None:
+        with self._lock:
+            self._busy_since = None
+            close = self._close_pending
+            self._close_pending = False
+        if close:
+            self._close_signal()
+
+    def _call_blocking(self, call: _Call) -> None:
+        """Run one poll to completion in the current (worker) thread.  Never raises."""
+        if not call.claim():
+            return  # the poller gave up before this thread started
+        try:
+            if self.is_async:
+                call.result = anyio.run(self._poll_async_with_timeout)
+            else:
+                call.result = self.signal.poll()
+        except BaseException as exc:  # a worker thread must not die noisily
+            call.error = exc
+        finally:
+            call.done.set()
+            self._end()
+            self._wake.set()
+
+    async def _poll_async_with_timeout(self) -> object:
+        with anyio.fail_after(self.limit):
+            return await self._await_poll()
+
+    async def _await_poll(self) -> object:
+        poll: Callable[[], Awaitable[object]] = self.signal.poll  # type: ignore[assignment]
+        return await poll()
+
+    def _complete(self, result: object, error: BaseException | None, duration: float) -> None:
+        """Apply the failure policy to a finished poll and report the outcome."""
+        now = self._clock()
+        reading: Reading | None
+        if error is None:
+            try:
+                reading = as_reading(result, now)
+            except SignalError as exc:
+                error = exc
+            else:
+                self._report(self.tracker.success(reading, duration))
+                return
+        self._fail(error, duration)
+
+    def _fail(self, error: BaseException, duration: float | None) -> None:
+        if not isinstance(error, SignalError):
+            if isinstance(error, TimeoutError):
+                error = SignalError("timeout", f"no answer within {self.timeout:.3g} s")
+            else:
+                error = SignalError("exception", describe_exception(error))
+        reading = self.tracker.failure(error, duration)
+        if reading is not None:
+            self._report(reading)
+
+    def _report(self, reading: Reading) -> None:
+        limiter = self._limiter_ref()
+        if limiter is None:
+            return
+        with self._lock:
+            if self._stopping:
+                return
+            limiter.report_signal(self.name, firing=reading.firing, level=reading.level)
+
+    def _timed_out(self) -> SignalError:
+        return SignalError("timeout", f"no answer within {self.timeout:.3g} s")
+
+    @property
+    def limiter(self) -> Backpressure | None:
+        return self._limiter_ref()
+
+    @property
+    def alive(self) -> bool:
+        return not self._stopping and self._limiter_ref() is not None
+
+    # -- threads -------------------------------------------------------------
+
+    def start_thread(self, limiter_name: str) -> None:
+        self.thread = threading.Thread(
+            target=self._thread_main,
+            name=f"backpressure-poller[{limiter_name}:{self.name}]"[:120],
+            daemon=True,
+        )
+        self.thread.start()
+
+    def _thread_main(self) -> None:
+        due = time.monotonic()
+        while self.alive:
+            self._poll_in_thread()
+            due += self.cadence
+            now = time.monotonic()
+            if due < now:  # a poll overran its cadence: the next one is due now
+                due = now
+            self._sleep_until(due, lambda: False)
+
+    def _poll_in_thread(self) -> None:
+        busy = self._begin()
+        if busy is not None:
+            self._fail(busy, None)
+            return
+        call = _Call()
+        started = time.monotonic()
+        worker = threading.Thread(
+            target=self._call_blocking,
+            args=(call,),
+            name=f"backpressure-poll[{self.name}]"[:120],
+            daemon=True,
+        )
+        worker.start()
+        self._sleep_until(started + self.limit, call.done.is_set)
+        if not self.alive:
+            return
+        if call.done.is_set():
+            self._complete(call.result, call.error, time.monotonic() - started)
+        else:
+            self._fail(self._timed_out(), time.monotonic() - started)
+
+    def _sleep_until(self, deadline: float, done: Callable[[], bool]) -> None:
+        """Wait until *deadline* (monotonic seconds), *done()* or stop."""
+        while self.alive and not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wake.wait(remaining)
+            self._wake.clear()
+
+    # -- tasks ---------------------------------------------------------------
+
+    async def run_task(self) -> None:
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            due = anyio.current_time()
+            while self.alive:
+                await self._poll_in_task()
+                due += self.cadence
+                now = anyio.current_time()
+                if due < now:
+                    due = now
+                await anyio.sleep_until(due)
+
+    def cancel_task(self) -> None:
+        """Cancel the poller task (from its event loop's thread only)."""
+        scope = self._scope
+        if scope is not None:
+            scope.cancel()
+
+    async def _poll_in_task(self) -> None:
+        busy = self._begin()
+        if busy is not None:
+            self._fail(busy, None)
+            return
+        started = time.monotonic()
+        if self.is_async:
+            outcome: tuple[object, BaseException | None] | None = None
+            try:
+                with anyio.move_on_after(self.limit):
+                    try:
+                        outcome = (await self._await_poll(), None)
+                    except Exception as exc:
+                        outcome = (None, exc)
+            finally:
+                self._end()
+            if not self.alive:
+                return
+            if outcome is None:
+                self._fail(self._timed_out(), time.monotonic() - started)
+            else:
+                self._complete(outcome[0], outcome[1], time.monotonic() - started)
+            return
+        call = _Call()
+        try:
+            with anyio.move_on_after(self.limit):
+                await anyio.to_thread.run_sync(self._call_blocking, call, abandon_on_cancel=True)
+        finally:
+            # Cancelled while waiting for a worker thread: the poll never ran.
+            if call.claim():
+                self._end()
+        if not self.alive:
+            return
+        if call.done.is_set():
+            self._complete(call.result, call.error, time.monotonic() - started)
+        else:
+            self._fail(self._timed_out(), time.monotonic() - started)
+
+    # -- stopping --------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop reporting and wake the poller (any thread)."""
+        with self._lock:
+            self._stopping = True
+        self._wake.set()
+
+    def close(self) -> None:
+        """Close the signal now, or when its poll in flight returns."""
+        with self._lock:
+            if self._busy_since is not None:
+                self._close_pending = True
+                return
+        self._close_signal()
+
+    def _close_signal(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        close = getattr(self.signal, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception as exc:
+                _log.warning(
+                    "backpressure signal %r: close() failed: %s",
+                    self.name,
+                    describe_exception(exc),
+                )
+
+
+def _stop_all(runners: Sequence[_Runner]) -> None:
+    for runner in runners:
+        runner.stop()
+        runner.close()
 
 
 class Supervisor:
-    """Owns a limiter's signal pollers (threads or anyio tasks)."""
+    """Owns a limiter's signal pollers (threads or anyio tasks).
+
+    Built by :class:`~backpressure_client.Backpressure`: the PromQL queries
+    of its configuration plus the signals passed to it.  Holds the limiter
+    weakly.
+
+    :raises ConfigError: naming every bad signal (no name, duplicate names,
+        a timeout not below the cadence...).
+    """
 
     def __init__(self, limiter: Backpressure, signals: Sequence[Signal]) -> None:
-        self._limiter = limiter
-        self._signals = tuple(signals)
-        if self._signals or limiter.config.backpressure_queries:
-            raise NotImplementedError("signals are not implemented yet")
+        config = limiter.config
+        self._limiter_name = limiter.name
+        self._enabled = config.enable_backpressure
+        all_signals: list[Signal] = [
+            PromQLSignal(query, url=config.prometheus_base_url or "")
+            for query in (config.backpressure_queries if config.prometheus_base_url else ())
+        ]
+        all_signals.extend(signals)
+        self._runners: tuple[_Runner, ...] = tuple(_runners(limiter, config, all_signals))
+        self._lock = threading.Lock()
+        self._state = "new"  # new -> threads | tasks -> stopped
+        self._task_group: TaskGroup | None = None
+        self._host: tuple[int, int] | None = None  # (thread id, task id) of astart()
+        self._finalizer = weakref.finalize(limiter, _stop_all, self._runners)
 
     @property
     def needs_start(self) -> bool:
         """Whether the limiter must be started before it admits requests."""
-        return bool(self._signals)
+        return self._enabled and bool(self._runners)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`stop` or :meth:`astop` has run."""
+        return self._state == "stopped"
+
+    @property
+    def signals(self) -> tuple[Signal, ...]:
+        """The signals, configuration-derived ones first."""
+        return tuple(r.signal for r in self._runners)
+
+    def signal_stats(self) -> tuple[SignalStats, ...]:
+        """A snapshot of every signal's state, in :attr:`signals` order."""
+        return tuple(r.tracker.stats() for r in self._runners)
+
+    def _claim(self, state: str) -> bool:
+        with self._lock:
+            if self._state != "new":
+                return False
+            if not self.needs_start:
+                return False
+            self._state = state
+            return True
 
     def start(self) -> None:
-        """Start pollers in threads (idempotent)."""
+        """Start one poller thread per signal (idempotent)."""
+        if not self._claim("threads"):
+            return
+        for runner in self._runners:
+            runner.start_thread(self._limiter_name)
 
     async def astart(self) -> None:
-        """Start pollers as anyio tasks (idempotent)."""
+        """Start one anyio task per signal, in a task group of the calling task (idempotent).
+
+        Stop them with :meth:`astop` from the same task.
+        """
+        if not self._claim("tasks"):
+            return
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._task_group = group
+        self._host = (threading.get_ident(), anyio.get_current_task().id)
+        for runner in self._runners:
+            group.start_soon(runner.run_task, name=f"backpressure poller {runner.name!r}")
 
     def stop(self) -> None:
-        """Stop the pollers promptly (idempotent)."""
+        """Stop the pollers promptly (idempotent).
+
+        :raises LimiterStateError: the pollers are anyio tasks (the limiter
+            was started with ``astart()``): use ``aclose()`` instead.
+        """
+        with self._lock:
+            state = self._state
+            if state != "tasks":
+                self._state = "stopped"
+        self._stop_runners()
+        if state == "tasks":
+            # The task group lives in the task that called astart(): only an
+            # await from there can leave it.  Stop the tasks, then say so.
+            if self._host is not None and self._host[0] == threading.get_ident():
+                for runner in self._runners:
+                    runner.cancel_task()
+            raise LimiterStateError(
+                f"limiter {self._limiter_name!r} was started with astart(); close it with "
+                "`await limiter.aclose()` (or use `async with limiter:`) in the same task"
+            )
+        if state == "threads":
+            deadline = time.monotonic() + _JOIN_GRACE
+            for runner in self._runners:
+                if runner.thread is not None:
+                    runner.thread.join(max(0.0, deadline - time.monotonic()))
 
     async def astop(self) -> None:
-        """Async :meth:`stop`."""
+        """Async :meth:`stop`: ends the tasks started by :meth:`astart`, or stops threads.
+
+        :raises LimiterStateError: called from another task than :meth:`astart`.
+        """
+        with self._lock:
+            state = self._state
+            group = self._task_group
+            same_task = self._host == (threading.get_ident(), anyio.get_current_task().id)
+            if state == "tasks" and same_task:
+                self._state = "stopped"
+                self._task_group = None
+        if state != "tasks" or group is None:
+            self.stop()
+            return
+        self._stop_runners()
+        if not same_task:
+            for runner in self._runners:
+                runner.cancel_task()
+            raise LimiterStateError(
+                f"limiter {self._limiter_name!r}: aclose() must run in the task that called "
+                "astart() (use `async with limiter:` to keep them together)"
+            )
+        group.cancel_scope.cancel()
+        await group.__aexit__(None, None, None)
+
+    def _stop_runners(self) -> None:
+        self._finalizer.detach()
+        for runner in self._runners:
+            runner.stop()
+        for runner in self._runners:
+            runner.close()
+            limiter = runner.limiter
+            if limiter is not None:
+                limiter.forget_signal(runner.name)
+
+
+def _runners(
+    limiter: Backpressure, config: BackpressureConfig, signals: Sequence[Signal]
+) -> list[_Runner]:
+    problems: list[str] = []
+    runners: list[_Runner] = []
+    seen: set[str] = set()
+    for i, signal in enumerate(signals):
+        where = f"signals[{i}]"
+        name = getattr(signal, "name", None)
+        poll = getattr(signal, "poll", None)
+        if not isinstance(name, str) or not name:
+            problems.append(f"{where}={signal!r}: needs a `name` attribute, a non-empty string")
+            continue
+        where = f"signal {name!r}"
+        if not callable(poll):
+            problems.append(f"{where}: needs a `poll()` method returning a Reading or a bool")
+            continue
+        if name in seen:
+            problems.append(f"{where}: the name is used twice; give each signal its own name=")
+            continue
+        seen.add(name)
+        cadence: Any = getattr(signal, "cadence", None)
+        timeout: Any = getattr(signal, "timeout", None)
+        stale_after: Any = getattr(signal, "stale_after", None)
+        policy: Any = getattr(signal, "failure_policy", None)
+        own = option_problems(cadence, timeout, stale_after, policy)
+        if own:
+            problems.extend(f"{where}: {p}" for p in own)
+            continue
+        cadence = float(cadence) if cadence is not None else float(config.monitoring_cadence)
+        if timeout is None:
+            timeout = (
+                config.query_timeout if config.query_timeout is not None else min(10.0, cadence / 4)
+            )
+        timeout = float(timeout)
+        if timeout >= cadence:
+            problems.append(
+                f"{where}: timeout {timeout:g} s must be below its cadence {cadence:g} s; "
+                "set timeout= (or query_timeout) lower, or cadence= higher"
+            )
+            continue
+        if stale_after is None:
+            stale_after = config.stale_after if config.stale_after is not None else 3 * cadence
+        runners.append(
+            _Runner(
+                signal,
+                limiter=limiter,
+                cadence=cadence,
+                timeout=timeout,
+                stale_after=float(stale_after),
+                policy=policy if policy is not None else config.failure_policy,
+            )
+        )
+        bind = getattr(signal, "_bind_timeout", None)
+        if callable(bind):
+            bind(timeout)
+    if problems:
+        raise ConfigError(problems)
+    return runners
