@@ -16,6 +16,7 @@ one at a time, only when a worker is free, and results are handed to the
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -27,7 +28,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._decorator import ExceptionOutcomes, _exception_outcome, resolve_classifier
-from ._errors import BackpressureError, QueueFullError, WaitTimeoutError
+from ._errors import BackpressureError, QueueFullError
 from ._limiter import Backpressure, ExceptionClassifier, Permit
 from ._transport import _IGNORED, _SUCCESS, _wait_seconds
 
@@ -41,7 +42,6 @@ OnError = Literal["raise", "collect"]
 
 # A wait "as long as it takes" is made of waits this long (seconds): the
 # limiter only accepts finite timeouts.
-_FOREVER_CHUNK: Final = 3600.0
 # Seconds to pause before asking again when the limiter's wait queue is full.
 _QUEUE_FULL_PAUSE: Final = 0.01
 
@@ -346,12 +346,9 @@ class _ThreadBatch(Generic[T, R]):
         wait = self._wait
         deadline = None if wait is None else time.monotonic() + wait
         while True:
-            remaining = _FOREVER_CHUNK if deadline is None else deadline - time.monotonic()
+            remaining = math.inf if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return limiter.acquire(max(0.0, remaining))
-            except WaitTimeoutError:
-                if deadline is not None:
-                    raise
+                return limiter.acquire(remaining)
             except QueueFullError:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
@@ -578,12 +575,9 @@ class _TaskBatch(Generic[T, R]):
         wait = self._wait
         deadline = None if wait is None else time.monotonic() + wait
         while True:
-            remaining = _FOREVER_CHUNK if deadline is None else deadline - time.monotonic()
+            remaining = math.inf if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return await limiter.aacquire(max(0.0, remaining))
-            except WaitTimeoutError:
-                if deadline is not None:
-                    raise
+                return await limiter.aacquire(remaining)
             except QueueFullError:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise

@@ -360,12 +360,14 @@ class Backpressure:
         """Admit a request, waiting up to *timeout* seconds for a slot.
 
         :param timeout: seconds to wait; ``None`` uses the configured
-            ``wait_timeout``; ``0`` fails fast like :meth:`try_acquire`.
+            ``wait_timeout``; ``0`` fails fast like :meth:`try_acquire`;
+            ``math.inf`` waits until a slot comes or the limiter closes
+            (batch jobs; prefer a finite wait on a request path).
         :raises BackpressureError: the window is full and no wait was asked.
         :raises WaitTimeoutError: no slot came free within *timeout*.
         :raises QueueFullError: ``max_waiters`` callers are waiting already.
         :raises LimiterStateError: the limiter is closed or not started.
-        :raises ValueError: *timeout* is negative or not finite.
+        :raises ValueError: *timeout* is negative or NaN.
         """
         if timeout is not None:
             # Checked before the free-slot test: a bad value must not pass
@@ -614,8 +616,12 @@ class Backpressure:
     def _timeout(self, timeout: float) -> float:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError(f"timeout={timeout!r}: must be a number of seconds")
-        if not math.isfinite(timeout) or timeout < 0:
-            raise ValueError(f"timeout={timeout!r}: must be a finite number of seconds >= 0")
+        # math.inf is allowed on purpose: a batch job waits as long as it
+        # takes (its caller can still cancel it); NaN and negatives are not.
+        if math.isnan(timeout) or timeout < 0:
+            raise ValueError(
+                f"timeout={timeout!r}: must be a number of seconds >= 0 (math.inf: no limit)"
+            )
         return float(timeout)
 
     def _wait_or_raise_locked(self, timeout: float | None) -> float:

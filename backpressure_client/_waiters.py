@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sys
 import threading
 from collections.abc import Awaitable, Callable
@@ -55,6 +56,8 @@ class ThreadWaiter(Waiter):
         """Block up to *timeout* seconds; true when woken."""
         # Lock.acquire raises OverflowError beyond TIMEOUT_MAX (~49 days on
         # some platforms); a longer wait is as good as that one.
+        if timeout == math.inf:
+            return self._lock.acquire()
         return self._lock.acquire(timeout=min(timeout, threading.TIMEOUT_MAX))
 
 

@@ -136,7 +136,7 @@ async def test_aacquire_fails_fast_when_full() -> None:
 
 @pytest.mark.parametrize(
     ("timeout", "error"),
-    [(-1, ValueError), (float("nan"), ValueError), (float("inf"), ValueError), ("1", TypeError)],
+    [(-1, ValueError), (float("nan"), ValueError), (float("-inf"), ValueError), ("1", TypeError)],
 )
 def test_bad_timeout_is_rejected_even_with_a_free_slot(timeout: Any, error: type) -> None:
     bp = make()

@@ -7,6 +7,7 @@ only possible one.  Polling loops wait for a condition, never for a time.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -124,15 +125,38 @@ async def test_task_wait_times_out_with_wait_timeout_error() -> None:
     (await bp.aacquire()).release()
 
 
-def test_a_huge_timeout_waits_instead_of_overflowing() -> None:
+@pytest.mark.parametrize("timeout", [1e12, math.inf])
+def test_a_long_or_unlimited_wait_for_a_thread_ends_with_a_slot(timeout: float) -> None:
     bp = make()
     held = bp.try_acquire()
-    worker = Worker(lambda: bp.acquire(timeout=1e12))
+    worker = Worker(lambda: bp.acquire(timeout=timeout))
     worker.start()
     wait_until(waiting(bp, 1))
     held.release()
     assert worker.finish().error is None
     assert isinstance(worker.result, Permit)
+
+
+@pytest.mark.anyio
+async def test_an_unlimited_wait_for_a_task_ends_with_a_slot() -> None:
+    bp = make()
+    held = bp.try_acquire()
+    releaser = Worker(lambda: (wait_until(waiting(bp, 1)), held.release()))
+    releaser.start()
+    permit = await bp.aacquire(timeout=math.inf)
+    releaser.finish()
+    permit.release()
+    assert_no_trace(bp, in_flight=0)
+
+
+def test_an_unlimited_wait_ends_when_the_limiter_closes() -> None:
+    bp = make()
+    bp.try_acquire()
+    worker = Worker(lambda: bp.acquire(timeout=math.inf))
+    worker.start()
+    wait_until(waiting(bp, 1))
+    bp.close()
+    assert isinstance(worker.finish().error, LimiterStateError)
 
 
 # -- hand-off and FIFO ------------------------------------------------------------------
