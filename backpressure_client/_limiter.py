@@ -160,11 +160,10 @@ class Permit:
                 limiter._completed_locked(self, outcome)
             if not limiter._waiters:
                 return True
-            wakers = limiter._dispatch_locked()
+            granted = limiter._dispatch_locked()
         finally:
             limiter._lock_release()
-        for wake in wakers:
-            wake()
+        limiter._wake(granted)
         return True
 
     def __repr__(self) -> str:
@@ -408,8 +407,11 @@ class Backpressure:
         Cancellation while waiting leaves no trace: a slot handed over in the
         meantime is passed on.
 
-        :raises BackpressureError: as :meth:`acquire`, and so do its
-            subclasses, :class:`LimiterStateError` and :class:`ValueError`.
+        :raises BackpressureError: as :meth:`acquire` (with its subclasses
+            :class:`WaitTimeoutError` and :class:`QueueFullError`).
+        :raises LimiterStateError: the limiter is closed or not started.
+        :raises ValueError: *timeout* is negative or NaN.
+        :raises TypeError: *timeout* is not a number.
         """
         if timeout is not None:
             timeout = self._timeout(timeout)
@@ -451,7 +453,9 @@ class Backpressure:
         The slot is released on exit: as ``success`` when the block ends
         normally (unless released inside it), otherwise as *classify* maps
         the exception (default :func:`classify_exception`).  Use ``with`` for
-        threads and ``async with`` for tasks.
+        threads and ``async with`` for tasks.  The returned object holds one
+        slot at a time: entering it again while held raises ``RuntimeError``;
+        call ``slot()`` for each block.
         """
         return _Slot(self, timeout, classify or classify_exception)
 
@@ -646,7 +650,7 @@ class Backpressure:
 
     def _abandon_wait(self, waiter: Waiter, start: float) -> None:
         """Undo a wait that was interrupted, leaving no trace and no lost slot."""
-        wakers: list[Callable[[], None]] = []
+        granted: list[Waiter] = []
         with self._lock:
             self._wait_seconds += max(0.0, self._clock() - start)
             if waiter.granted:
@@ -654,12 +658,11 @@ class Backpressure:
                 # permits that reached a caller.
                 self._abandoned += 1
                 self._in_flight -= 1
-                wakers = self._dispatch_locked()
+                granted = self._dispatch_locked()
             elif not waiter.closed:
                 self._waiters.remove(waiter)
                 self._refresh_gate_locked()
-        for wake in wakers:
-            wake()
+        self._wake(granted)
 
     def _rejection_locked(self, kind: type[BackpressureError]) -> Exception:
         if self._closed:
@@ -686,9 +689,9 @@ class Backpressure:
             limiter=self.name,
         )
 
-    def _dispatch_locked(self) -> list[Callable[[], None]]:
-        """Hand free slots to waiters in FIFO order; return their wake calls."""
-        wakers = []
+    def _dispatch_locked(self) -> list[Waiter]:
+        """Hand free slots to waiters in FIFO order; return them, to be woken."""
+        granted = []
         waiters = self._waiters
         size = self._window_state.size
         while waiters and self._in_flight < size:
@@ -698,9 +701,28 @@ class Backpressure:
             self._seq += 1
             waiter.in_flight = self._in_flight
             waiter.granted = True
-            wakers.append(waiter.wake)
+            granted.append(waiter)
         self._refresh_gate_locked()
-        return wakers
+        return granted
+
+    def _wake(self, granted: list[Waiter]) -> None:
+        """Wake waiters handed a slot (outside the lock).
+
+        A waiter that cannot be woken (its event loop is closed or finished)
+        never takes its slot: the grant is undone and the slot passed on, so
+        a dead loop costs the limiter nothing and a release never raises.
+        """
+        while granted:
+            undelivered = [waiter for waiter in granted if not waiter.wake()]
+            if not undelivered:
+                return
+            with self._lock:
+                for waiter in undelivered:
+                    waiter.granted = False
+                    waiter.closed = True  # its own settle, if it ever runs, must not requeue
+                    self._abandoned += 1
+                    self._in_flight -= 1
+                granted = self._dispatch_locked()
 
     def _refresh_gate_locked(self) -> None:
         """Recompute the hot paths' thresholds after any change to their inputs.
@@ -763,11 +785,22 @@ class _Slot:
         self._classify = classify
         self._permit: Permit | None = None
 
+    def _check_free(self) -> None:
+        # One object holds one permit: sharing it between concurrent blocks
+        # (the semaphore habit) would release the wrong permit and lose one.
+        if self._permit is not None:
+            raise RuntimeError(
+                "this limiter.slot() object is already held; call limiter.slot() for each "
+                "block (it is cheap) instead of sharing one object between blocks"
+            )
+
     def __enter__(self) -> Permit:
+        self._check_free()
         self._permit = self._limiter.acquire(self._timeout)
         return self._permit
 
     async def __aenter__(self) -> Permit:
+        self._check_free()
         self._permit = await self._limiter.aacquire(self._timeout)
         return self._permit
 

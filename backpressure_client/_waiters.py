@@ -13,7 +13,6 @@ passed to that loop through its thread-safe entry point.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import sys
 import threading
@@ -35,7 +34,12 @@ class Waiter:
         self.seq = 0
         self.in_flight = 0
 
-    def wake(self) -> None:  # pragma: no cover - overridden
+    def wake(self) -> bool:  # pragma: no cover - overridden
+        """Wake the waiter from any thread, without blocking.
+
+        :returns: ``False`` when it can no longer be woken (its event loop
+            is closed or finished): the caller takes the slot back.
+        """
         raise NotImplementedError
 
 
@@ -49,8 +53,10 @@ class ThreadWaiter(Waiter):
         self._lock = threading.Lock()
         self._lock.acquire()
 
-    def wake(self) -> None:
+    def wake(self) -> bool:
+        """Release the waiting thread."""
         self._lock.release()
+        return True
 
     def wait(self, timeout: float) -> bool:
         """Block up to *timeout* seconds; true when woken."""
@@ -70,7 +76,7 @@ class AsyncWaiter(Waiter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._wake: Callable[[], None]
+        self._wake: Callable[[], bool]
         owner = threading.get_ident()
         try:
             loop = asyncio.get_running_loop()
@@ -80,13 +86,17 @@ class AsyncWaiter(Waiter):
             event = asyncio.Event()
             self.wait = event.wait
 
-            def wake() -> None:
-                if threading.get_ident() == owner:
-                    event.set()
-                else:
-                    # A closed loop raises RuntimeError: its task is gone too.
-                    with contextlib.suppress(RuntimeError):
+            def wake() -> bool:
+                # A closed loop raises RuntimeError either way: its task is
+                # gone and will never take the slot.
+                try:
+                    if threading.get_ident() == owner:
+                        event.set()
+                    else:
                         loop.call_soon_threadsafe(event.set)
+                except RuntimeError:
+                    return False
+                return True
 
             self._wake = wake
             return
@@ -97,14 +107,18 @@ class AsyncWaiter(Waiter):
         token = trio.lowlevel.current_trio_token()
         self.wait = trio_event.wait
 
-        def trio_wake() -> None:
-            if threading.get_ident() == owner:
-                trio_event.set()
-            else:
-                with contextlib.suppress(trio.RunFinishedError):
+        def trio_wake() -> bool:
+            try:
+                if threading.get_ident() == owner:
+                    trio_event.set()
+                else:
                     token.run_sync_soon(trio_event.set)
+            except (trio.RunFinishedError, RuntimeError):
+                return False
+            return True
 
         self._wake = trio_wake
 
-    def wake(self) -> None:
-        self._wake()
+    def wake(self) -> bool:
+        """Set the task's event, through its loop when called from another thread."""
+        return self._wake()

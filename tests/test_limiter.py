@@ -756,3 +756,41 @@ def test_manual_clock_never_goes_back_or_off_the_line(move: Callable[[ManualCloc
 def test_manual_clock_start_must_be_finite() -> None:
     with pytest.raises(ValueError, match="finite"):
         ManualClock(float("nan"))
+
+
+def test_one_slot_object_cannot_be_held_twice_at_once() -> None:
+    bp = make(2, 2)
+    guard = bp.slot()
+    with guard, pytest.raises(RuntimeError, match="already held"), guard:
+        pass
+    assert bp.in_flight == 0
+    # Used again after its block, it works.
+    with guard:
+        assert bp.in_flight == 1
+    assert bp.in_flight == 0
+
+
+@pytest.mark.anyio
+async def test_one_slot_object_shared_by_tasks_is_refused_not_leaked() -> None:
+    bp = make(3, 3)
+    guard = bp.slot()
+    errors: list[BaseException] = []
+
+    async def use(entered: anyio.Event, leave: anyio.Event) -> None:
+        try:
+            async with guard:
+                entered.set()
+                await leave.wait()
+        except RuntimeError as exc:
+            errors.append(exc)
+            entered.set()
+
+    first, second, leave = anyio.Event(), anyio.Event(), anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(use, first, leave)
+        await first.wait()
+        tg.start_soon(use, second, leave)
+        await second.wait()
+        leave.set()
+    assert len(errors) == 1
+    assert bp.in_flight == 0
