@@ -28,9 +28,9 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._decorator import ExceptionOutcomes, _exception_outcome, resolve_classifier
-from ._errors import BackpressureError, QueueFullError
+from ._errors import BackpressureError, QueueFullError, WaitTimeoutError
 from ._limiter import Backpressure, ExceptionClassifier, Permit
-from ._transport import _IGNORED, _SUCCESS, _wait_seconds
+from ._transport import _IGNORED, _SUCCESS, _check_limiter, _wait_seconds
 
 __all__ = ["BatchFailure", "BatchProgress", "BatchReport", "arun_batch", "run_batch"]
 
@@ -40,10 +40,14 @@ R = TypeVar("R")
 #: What a failed call does to the batch: stop it and raise, or be recorded.
 OnError = Literal["raise", "collect"]
 
-# A wait "as long as it takes" is made of waits this long (seconds): the
-# limiter only accepts finite timeouts.
 # Seconds to pause before asking again when the limiter's wait queue is full.
 _QUEUE_FULL_PAUSE: Final = 0.01
+
+#: Seconds a stopped thread batch (a failure with on_error="raise", a failing
+#: callback, an exception from the items or KeyboardInterrupt) waits for its
+#: running calls before it raises; calls still running then finish in their
+#: (daemon) threads and release their slots when they return.
+STOP_GRACE: Final = 5.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,8 @@ class BatchProgress:
     succeeded: int
     #: items whose call raised, or that got no slot within ``wait_timeout``.
     failed: int
-    #: this batch's calls running now.
+    #: this batch's calls running now (an item still waiting for its slot
+    #: is not counted).
     in_flight: int
     #: the limiter's window now.
     window: int
@@ -119,6 +124,7 @@ class _Ledger(Generic[T, R]):
         "running",
         "stopped",
         "succeeded",
+        "waiting",
     )
 
     def __init__(self, ordered: bool, collect: bool, max_workers: int) -> None:
@@ -126,7 +132,10 @@ class _Ledger(Generic[T, R]):
         self.collect = collect
         self.max_workers = max_workers
         self.lookahead = 2 * max_workers
+        #: calls started plus the item reserved while it waits for its slot.
         self.running = 0
+        #: 1 while the reserved item waits for its slot, else 0.
+        self.waiting = 0
         self.succeeded = 0
         self.failed = 0
         self.next_delivery = 0
@@ -184,6 +193,11 @@ class _Ledger(Generic[T, R]):
         self.next_delivery = index
         return ready  # type: ignore[return-value]
 
+    def progress(self, window: int) -> BatchProgress:
+        """A snapshot for the ``progress`` callback."""
+        done = self.succeeded + self.failed
+        return BatchProgress(done, self.succeeded, self.failed, self.running - self.waiting, window)
+
     def report(self, elapsed: float) -> BatchReport[T]:
         failures = sorted(self.failures, key=lambda f: f.index)
         return BatchReport(self.succeeded, self.failed, tuple(failures), elapsed)
@@ -195,11 +209,7 @@ def _check_options(
     max_workers: int | None,
     wait_timeout: float | None,
 ) -> tuple[int, float | None]:
-    if not isinstance(limiter, Backpressure):
-        raise TypeError(
-            f"limiter must be a Backpressure, got {type(limiter).__name__}; "
-            "create one with Backpressure(BackpressureConfig(...))"
-        )
+    _check_limiter(limiter)
     if on_error not in ("raise", "collect"):
         raise ValueError(f"on_error={on_error!r}: must be 'raise' or 'collect'")
     if max_workers is None:
@@ -208,6 +218,49 @@ def _check_options(
         raise ValueError(f"max_workers={max_workers!r}: must be an integer >= 1")
     wait = None if wait_timeout is None else _wait_seconds(wait_timeout, "wait_timeout")
     return max_workers, wait
+
+
+class _SlotDeadline:
+    """How long one item may still wait for a slot.
+
+    The part of the thread and task batches' ``_acquire`` loops that does not
+    block: the loops ask the limiter for :meth:`remaining` seconds and, when
+    its wait queue is full, pause for :meth:`pause` seconds and ask again.
+    """
+
+    __slots__ = ("_deadline", "_queue_full")
+
+    def __init__(self, wait: float | None) -> None:
+        self._deadline = None if wait is None else time.monotonic() + wait
+        self._queue_full: QueueFullError | None = None
+
+    def remaining(self) -> float:
+        """Seconds to pass to the limiter: ``math.inf`` without a ``wait_timeout``.
+
+        :raises WaitTimeoutError: when the wait ran out during a pause, as the
+            ``wait_timeout`` documentation promises (asking with ``0`` would
+            give the fail-fast ``BackpressureError`` instead).
+        """
+        if self._deadline is None:
+            return math.inf
+        remaining = self._deadline - time.monotonic()
+        if remaining > 0:
+            return remaining
+        full = self._queue_full
+        if full is None:
+            return 0.0  # wait_timeout=0: fail fast
+        raise WaitTimeoutError(
+            window=full.window,
+            in_flight=full.in_flight,
+            firing=full.firing,
+            retry_after=full.retry_after,
+            limiter=full.limiter,
+        ) from full
+
+    def pause(self, exc: QueueFullError) -> float:
+        """Seconds to pause after the limiter's queue turned the item away with *exc*."""
+        self._queue_full = exc
+        return _QUEUE_FULL_PAUSE
 
 
 # -- threads -----------------------------------------------------------------
@@ -243,8 +296,10 @@ def run_batch(
     :param on_result: called with ``(item, result)`` for each call that
         returned.  Callbacks run in the worker threads, one at a time.
     :param on_error: ``"raise"``: the first failure stops the batch (no new
-        calls start, running ones finish) and is raised; ``"collect"``: failures
-        are recorded in the report and the batch goes on.
+        calls start) and is raised once the running calls have finished, or
+        after :data:`STOP_GRACE` seconds (5), whichever comes first;
+        ``"collect"``: failures are recorded in the report and the batch goes
+        on.
     :param progress: called with a :class:`BatchProgress` after each item.
     :param wait_timeout: seconds each item may wait for a slot, after which
         it fails with :class:`~backpressure_client.WaitTimeoutError`;
@@ -258,6 +313,15 @@ def run_batch(
         in any mode, an exception raised by *items*, a callback or the
         classifier.
     :raises LimiterStateError: the limiter is closed or not started.
+
+    A batch that ran to its end returns when every call has returned.  A
+    stopped batch (see *on_error*; also a failing callback, an exception from
+    *items* or ``KeyboardInterrupt``) waits at most :data:`STOP_GRACE`
+    seconds for its running calls; calls still running then finish in their
+    daemon threads, without callbacks, and release their slots when they
+    return.  A stopped batch still waiting for a slot (the window full of
+    other callers' requests) notices the stop once it gets one;
+    ``KeyboardInterrupt`` interrupts that wait at once.
     """
     workers, wait = _check_options(limiter, on_error, max_workers, wait_timeout)
     batch: _ThreadBatch[T, R] = _ThreadBatch(
@@ -309,14 +373,19 @@ class _ThreadBatch(Generic[T, R]):
                     if ledger.stopped:
                         break
                     ledger.running += 1
+                    ledger.waiting = 1
                 try:
                     permit = self._acquire()
                 except BackpressureError as exc:
+                    with cond:
+                        ledger.waiting = 0
                     self._finish(index, item, exc, failed=True)
                     continue
                 except BaseException:
                     self._unreserve()
                     raise
+                with cond:
+                    ledger.waiting = 0
                 if ledger.stopped:  # stopped while this item waited for its slot
                     permit.release(_IGNORED)
                     self._unreserve()
@@ -332,27 +401,46 @@ class _ThreadBatch(Generic[T, R]):
                 ledger.stopped = True
             raise
         finally:
-            workers.shutdown()
+            workers.shutdown(0.0 if self._drain() else None)
         if ledger.error is not None:
             raise ledger.error
         return ledger.report(self._clock() - start)
 
+    def _drain(self) -> bool:
+        """Wait for the running calls: all of them, or :data:`STOP_GRACE` seconds once stopped.
+
+        :returns: whether calls were left running after the grace.
+        """
+        cond = self._cond
+        ledger = self._ledger
+        deadline: float | None = None
+        with cond:
+            while ledger.running > 0:
+                if not ledger.stopped:
+                    cond.wait()  # a finishing call notifies
+                    continue
+                if deadline is None:
+                    deadline = time.monotonic() + STOP_GRACE
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return True
+                cond.wait(remaining)
+        return False
+
     def _unreserve(self) -> None:
         with self._cond:
             self._ledger.running -= 1
+            self._ledger.waiting = 0
 
     def _acquire(self) -> Permit:
-        limiter = self._limiter
-        wait = self._wait
-        deadline = None if wait is None else time.monotonic() + wait
+        # One unbroken wait, not slices: a slice that runs out counts as a
+        # rejection in the limiter's statistics and loses the FIFO place.
+        deadline = _SlotDeadline(self._wait)
         while True:
-            remaining = math.inf if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return limiter.acquire(remaining)
-            except QueueFullError:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise
-                time.sleep(_QUEUE_FULL_PAUSE)
+                return self._limiter.acquire(deadline.remaining())
+            except QueueFullError as exc:  # noqa: PERF203 - the rare path; the loop is a retry
+                time.sleep(deadline.pause(exc))
 
     def _call(self, index: int, item: T, permit: Permit) -> None:
         clock = self._clock
@@ -379,7 +467,9 @@ class _ThreadBatch(Generic[T, R]):
                 else:
                     ready = ledger.succeeded_with(index, item, value)  # type: ignore[arg-type]
                 stopped = ledger.stopped
-                snapshot = self._snapshot() if self._progress is not None else None
+                snapshot = (
+                    ledger.progress(self._limiter.window) if self._progress is not None else None
+                )
                 self._cond.notify()
             if stopped:
                 return
@@ -394,16 +484,6 @@ class _ThreadBatch(Generic[T, R]):
                 with self._cond:
                     ledger.fatal(exc)
                     self._cond.notify()
-
-    def _snapshot(self) -> BatchProgress:
-        ledger = self._ledger
-        return BatchProgress(
-            ledger.succeeded + ledger.failed,
-            ledger.succeeded,
-            ledger.failed,
-            ledger.running,
-            self._limiter.window,
-        )
 
 
 class _Workers(Generic[T]):
@@ -439,12 +519,18 @@ class _Workers(Generic[T]):
                 return
             call(*job)
 
-    def shutdown(self) -> None:
-        """Let the queued and running calls finish, then stop the threads."""
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Let the queued and running calls finish, then stop the threads.
+
+        :param timeout: seconds to wait for them in all, or ``None`` for as
+            long as they take; threads still running then are left to finish
+            on their own (they are daemons).
+        """
         for _ in self._threads:
             self._jobs.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
-            thread.join()
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
 # -- tasks -------------------------------------------------------------------
@@ -555,14 +641,19 @@ class _TaskBatch(Generic[T, R]):
         if ledger.stopped:
             return False
         ledger.running += 1
+        ledger.waiting = 1
         try:
+            # Cancellable: a stopped batch cancels this wait with its task group.
             permit = await self._acquire()
         except BackpressureError as exc:
+            ledger.waiting = 0
             self._finish(index, item, exc, failed=True)
             return True
         except BaseException:
             ledger.running -= 1
+            ledger.waiting = 0
             raise
+        ledger.waiting = 0
         if ledger.stopped:  # stopped while this item waited for its slot
             permit.release(_IGNORED)
             ledger.running -= 1
@@ -571,17 +662,12 @@ class _TaskBatch(Generic[T, R]):
         return True
 
     async def _acquire(self) -> Permit:
-        limiter = self._limiter
-        wait = self._wait
-        deadline = None if wait is None else time.monotonic() + wait
+        deadline = _SlotDeadline(self._wait)
         while True:
-            remaining = math.inf if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return await limiter.aacquire(remaining)
-            except QueueFullError:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise
-                await anyio.sleep(_QUEUE_FULL_PAUSE)
+                return await self._limiter.aacquire(deadline.remaining())
+            except QueueFullError as exc:  # noqa: PERF203 - the rare path; the loop is a retry
+                await anyio.sleep(deadline.pause(exc))
 
     async def _call(self, index: int, item: T, permit: Permit) -> None:
         clock = self._clock
@@ -620,15 +706,7 @@ class _TaskBatch(Generic[T, R]):
                     on_result(done, result)
             progress = self._progress
             if progress is not None:
-                progress(
-                    BatchProgress(
-                        ledger.succeeded + ledger.failed,
-                        ledger.succeeded,
-                        ledger.failed,
-                        ledger.running,
-                        self._limiter.window,
-                    )
-                )
+                progress(ledger.progress(self._limiter.window))
         except BaseException as exc:
             self._stop(exc)
 

@@ -45,7 +45,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from ._errors import ConfigError
 from ._redact import redact_text, redact_url
@@ -54,8 +54,6 @@ from ._window import WindowPolicy
 __all__ = ["BackpressureConfig", "FailurePolicy"]
 
 FailurePolicy = Literal["fail_open", "fail_closed"]
-
-_QUERY_SUFFIX = "/api/v1/query"
 
 _ENV: dict[str, str] = {
     "enable_backpressure": "BACKPRESSURE_ENABLED",
@@ -218,29 +216,35 @@ class BackpressureConfig:
 
     @property
     def prometheus_base_url(self) -> str | None:
-        """The Prometheus base URL, with a seed-style ``/api/v1/query`` suffix removed."""
+        """The Prometheus base URL: no seed-style ``/api/v1/query`` suffix, no query string.
+
+        Query parameters of ``backpressure_monitoring_url`` (``?token=...``)
+        are not part of it: the signals send them with every query.
+        """
         url = self.backpressure_monitoring_url
         if url is None:
             return None
-        parts = urlsplit(url.strip())
-        path = parts.path.rstrip("/")
-        if path.endswith(_QUERY_SUFFIX):
-            path = path[: -len(_QUERY_SUFFIX)]
-        return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+        from ._promql import split_prometheus_url  # _promql imports this module
+
+        return split_prometheus_url(url)[0]
 
     @property
     def effective_query_timeout(self) -> float:
         """``query_timeout``, or its default: a quarter of the cadence, at most 10 s."""
         if self.query_timeout is not None:
             return float(self.query_timeout)
-        return min(10.0, self.monitoring_cadence / 4)
+        from ._signals import default_query_timeout  # _signals imports this module
+
+        return default_query_timeout(self.monitoring_cadence)
 
     @property
     def effective_stale_after(self) -> float:
         """``stale_after``, or its default: three cadences."""
         if self.stale_after is not None:
             return float(self.stale_after)
-        return 3 * self.monitoring_cadence
+        from ._signals import default_stale_after  # _signals imports this module
+
+        return default_stale_after(self.monitoring_cadence)
 
     def __repr__(self) -> str:
         shown = []

@@ -16,8 +16,12 @@ import httpx
 
 from ._limiter import Backpressure, ExceptionClassifier, Permit
 from ._transport import (
+    _DROPPED,
+    _IGNORED,
     _SUCCESS,
     _as_outcome,
+    _cancelled_by_deadline,
+    _check_limiter,
     _note_retry_after,
     _release_for_exception,
     _wait_seconds,
@@ -47,7 +51,10 @@ def limit(
 
     A call takes a slot before the function runs and gives it back when it
     returns or raises (for an ``async def`` function: when the coroutine
-    finishes, is cancelled included).  A call that is not admitted raises
+    finishes, is cancelled included).  An ``async def`` call cancelled by
+    the caller's deadline (``anyio.fail_after``, trio's deadlines) counts
+    ``dropped``, as a timeout; a plain cancellation counts ``ignored``.  A
+    call that is not admitted raises
     :class:`~backpressure_client.BackpressureError` without running the
     function.
 
@@ -63,7 +70,9 @@ def limit(
         (429/503 ``dropped``, with ``Retry-After`` honoured), anything else
         ``ignored``.  A call that returns is a ``success``.
     :raises TypeError: at decoration time, for a generator function (its body
-        runs after the call returns, outside the slot) or a bad argument.
+        runs after the call returns, outside the slot) or a bad argument; at
+        call time, when a function taken for sync returns an awaitable (the
+        awaitable is closed and the slot released ``ignored``).
     :raises ValueError: for a negative or non-finite *wait_timeout*.
 
     The decorated function raises what the function raises, plus
@@ -75,16 +84,12 @@ def limit(
         @limit(limiter, wait_timeout=2.0)
         def fetch(url: str) -> bytes: ...
     """
-    if not isinstance(limiter, Backpressure):
-        raise TypeError(
-            f"limiter must be a Backpressure, got {type(limiter).__name__}; "
-            "create one with Backpressure(BackpressureConfig(...))"
-        )
-    wait = (
-        float(limiter.config.wait_timeout)
-        if wait_timeout is None
-        else _wait_seconds(wait_timeout, "wait_timeout")
-    )
+    _check_limiter(limiter)
+    # Validated once, here.  None is passed on to the limiter as None (its
+    # configured wait, validated by the config), which it does not re-check;
+    # only `waits` decides between the waiting and the fail-fast call.
+    wait = None if wait_timeout is None else _wait_seconds(wait_timeout, "wait_timeout")
+    waits = bool(limiter.config.wait_timeout if wait is None else wait)
     classify_exc = resolve_classifier(classify)
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
@@ -100,8 +105,8 @@ def limit(
                 "put @limit(...) below @classmethod / @staticmethod"
             )
         if _is_async(func):
-            return cast("Callable[P, R]", _async_wrapper(limiter, wait, classify_exc, func))
-        return _sync_wrapper(limiter, wait, classify_exc, func)
+            return cast("Callable[P, R]", _async_wrapper(limiter, wait, waits, classify_exc, func))
+        return _sync_wrapper(limiter, wait, waits, classify_exc, func)
 
     return decorate
 
@@ -170,7 +175,11 @@ def _exception_outcome(
 
 
 def _sync_wrapper(
-    limiter: Backpressure, wait: float, classify: ExceptionClassifier, func: Callable[P, R]
+    limiter: Backpressure,
+    wait: float | None,
+    waits: bool,
+    classify: ExceptionClassifier,
+    func: Callable[P, R],
 ) -> Callable[P, R]:
     clock = limiter.clock
     try_acquire = limiter.try_acquire
@@ -178,13 +187,26 @@ def _sync_wrapper(
 
     @functools.wraps(func)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
-        permit = acquire(wait) if wait else try_acquire()
+        permit = acquire(wait) if waits else try_acquire()
         start = clock()
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
             _exception_outcome(limiter, permit, classify, exc, clock() - start)
             raise
+        if inspect.isawaitable(result):
+            # An async callable that _is_async could not see (a lambda or a
+            # partial returning a coroutine...): the slot would cover only the
+            # creation of the coroutine, not its run.
+            permit.release(_IGNORED, latency=clock() - start)
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()  # no "coroutine was never awaited" warning
+            raise TypeError(
+                f"@limit: {getattr(func, '__qualname__', func)!r} returned an awaitable, "
+                "so the slot would be released before it runs; decorate an `async def` "
+                "function, or mark the callable with inspect.markcoroutinefunction()"
+            )
         permit.release(_SUCCESS, latency=clock() - start)
         return result
 
@@ -193,7 +215,8 @@ def _sync_wrapper(
 
 def _async_wrapper(
     limiter: Backpressure,
-    wait: float,
+    wait: float | None,
+    waits: bool,
     classify: ExceptionClassifier,
     func: Callable[P, Any],
 ) -> Callable[P, Any]:
@@ -203,13 +226,17 @@ def _async_wrapper(
 
     @functools.wraps(func)
     async def call(*args: P.args, **kwargs: P.kwargs) -> Any:
-        permit = await aacquire(wait) if wait else try_acquire()
+        permit = await aacquire(wait) if waits else try_acquire()
         start = clock()
         try:
             result = await func(*args, **kwargs)
         except BaseException as exc:
-            # Cancellation included: the default classifier counts it ignored.
-            _exception_outcome(limiter, permit, classify, exc, clock() - start)
+            if _cancelled_by_deadline(exc):
+                # The caller's deadline passed: a timeout, hence dropped.
+                permit.release(_DROPPED, latency=clock() - start)
+            else:
+                # A plain cancellation counts ignored (the default classifier).
+                _exception_outcome(limiter, permit, classify, exc, clock() - start)
             raise
         permit.release(_SUCCESS, latency=clock() - start)
         return result

@@ -547,8 +547,10 @@ class Backpressure:
         beyond a short grace period.  Requests in flight may still release
         their slots.  Idempotent.
         """
-        self._shut()
+        # The supervisor refuses (raises) before anything changes when the
+        # pollers run as tasks of an event loop: they need aclose().
         self._supervisor.stop()
+        self._shut()
 
     async def aclose(self) -> None:
         """Async :meth:`close`; stops pollers started by :meth:`astart` too."""

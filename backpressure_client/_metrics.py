@@ -63,7 +63,7 @@ from ._signals import DURATION_BUCKETS, SignalStats
 if TYPE_CHECKING:
     from ._limiter import Backpressure, LimiterStats
 
-__all__ = ["register_limiter", "unregister_limiter"]
+__all__ = ["register_limiter"]
 
 _log = logging.getLogger("backpressure_client.metrics")
 
@@ -95,14 +95,6 @@ def register_limiter(limiter: Backpressure, registry: CollectorRegistry) -> None
     collector.add(limiter)
 
 
-def unregister_limiter(limiter: Backpressure, registry: CollectorRegistry) -> None:
-    """Stop exporting *limiter* through *registry* (no error when it is not there)."""
-    with _collectors_lock:
-        collector = _collectors.get(registry)
-    if collector is not None:
-        collector.remove(limiter)
-
-
 def _closed(limiter: Backpressure) -> bool:
     return limiter.closed
 
@@ -130,13 +122,6 @@ class LimiterCollector:
                 "newest is exported now. Give each limiter its own name=, or registry=None",
                 limiter.name,
             )
-
-    def remove(self, limiter: Backpressure) -> None:
-        """Stop exporting *limiter*."""
-        with self._lock:
-            ref = self._limiters.get(limiter.name)
-            if ref is not None and ref() is limiter:
-                del self._limiters[limiter.name]
 
     def _live(self) -> list[Backpressure]:
         out = []

@@ -20,6 +20,10 @@ timeout: a failed poll is handled by the failure policy at the next cadence,
 never by blocking retries.  ``custom_query`` itself is not used because it
 drops the result type (a scalar and a string look alike) and puts the response
 body into its exception text.
+
+The timeout bounds the whole poll, not each I/O step: the body is streamed
+against a monotonic deadline (each read waits at most the time left) and may
+not exceed :data:`MAX_BODY_BYTES`.
 """
 
 from __future__ import annotations
@@ -27,17 +31,20 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from ._config import FailurePolicy, url_problem
 from ._errors import ConfigError
 from ._redact import redact_text, redact_url
 from ._signals import (
+    DEFAULT_TIMEOUT,
     Reading,
     SignalError,
     SignalErrorReason,
@@ -50,20 +57,52 @@ from ._signals import (
 if TYPE_CHECKING:
     from prometheus_api_client import PrometheusConnect
 
-__all__ = ["PromQLSignal", "evaluate_query_response"]
+__all__ = ["PromQLSignal", "evaluate_query_response", "split_prometheus_url"]
 
 _QUERY_PATH = "/api/v1/query"
-_DEFAULT_TIMEOUT = 10.0
 _MAX_ERROR_TEXT = 200
+#: An answer larger than this (bytes) is refused: a query result for a
+#: backpressure decision is a few samples.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+_CHUNK = 64 * 1024
 
 
-def prometheus_base_url(url: str) -> str:
-    """*url* without a trailing slash or a seed-style ``/api/v1/query`` suffix."""
+def split_prometheus_url(url: str) -> tuple[str, list[tuple[str, str]]]:
+    """Split a Prometheus *url* into its base URL and its query parameters.
+
+    The base has no trailing slash, no seed-style ``/api/v1/query`` suffix, no
+    query string and no fragment; the parameters (``?token=...``) are to be
+    sent with every query.  User-info stays in the base (requests sends it as
+    basic auth).  The one place that parses a Prometheus URL.
+    """
     parts = urlsplit(url.strip())
     path = parts.path.rstrip("/")
     if path.endswith(_QUERY_PATH):
         path = path[: -len(_QUERY_PATH)]
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+    base = urlunsplit((parts.scheme, parts.netloc, path.rstrip("/"), "", ""))
+    return base, parse_qsl(parts.query, keep_blank_values=True)
+
+
+def _session_problem(prometheus: object) -> str | None:
+    """What keeps this signal from sending through *prometheus*'s session, if anything."""
+    if not isinstance(getattr(prometheus, "url", None), str):
+        return (
+            f"prometheus={type(prometheus).__name__}: must be a "
+            "prometheus_api_client.PrometheusConnect"
+        )
+    # Private attributes of PrometheusConnect (checked against 0.5-0.7): the
+    # signal sends its own request through them, without the client's retries.
+    if not isinstance(getattr(prometheus, "_session", None), requests.Session):
+        return (
+            f"prometheus={type(prometheus).__name__}: has no requests session (_session); "
+            "this prometheus_api_client version is not supported, pass url= instead"
+        )
+    if not isinstance(getattr(prometheus, "_method", "GET"), str):
+        return (
+            f"prometheus={type(prometheus).__name__}: its HTTP method (_method) is not a "
+            "string; pass url= instead"
+        )
+    return None
 
 
 class PromQLSignal:
@@ -74,10 +113,14 @@ class PromQLSignal:
     :param url: the Prometheus server, ``http://prometheus:9090`` or the
         seed's ``http://prometheus:9090/api/v1/query``.  User-info in it is
         sent as basic auth and never logged.
+        Query parameters in it (``?token=...``) are sent with every query.
     :param prometheus: instead of *url*, a configured
-        ``prometheus_api_client.PrometheusConnect`` whose URL, headers, auth
-        and session settings (TLS, proxies) are used.  Its retry policy is
-        not: polls are never retried.  It is not closed by this signal.
+        ``prometheus_api_client.PrometheusConnect`` whose URL, headers, auth,
+        method and session settings (TLS verification, client certificate,
+        proxies, cookies, default headers) are used.  Its retry policy is
+        not, and neither are transport adapters mounted on its session
+        (``session.mount(...)``): polls go through this signal's own adapter,
+        which never retries.  It is not closed by this signal.
     :param name: the signal's name; default: the query text.
     :param warning: with *emergency*, makes the signal graded: the value at
         which the level starts rising above 0.
@@ -120,11 +163,10 @@ class PromQLSignal:
             problem = url_problem(url, "url")
             if problem:
                 problems.append(problem)
-        elif not isinstance(getattr(prometheus, "url", None), str):
-            problems.append(
-                f"prometheus={type(prometheus).__name__}: must be a "
-                "prometheus_api_client.PrometheusConnect"
-            )
+        else:
+            problem = _session_problem(prometheus)
+            if problem:
+                problems.append(problem)
         if name is not None and (not isinstance(name, str) or not name):
             problems.append(f"name={name!r}: must be a non-empty string or None")
         problems.extend(threshold_problems(warning, emergency, curve))
@@ -143,8 +185,8 @@ class PromQLSignal:
         self._prometheus = prometheus
         self._url = url
         raw = url if url is not None else str(getattr(prometheus, "url", ""))
-        self._base = prometheus_base_url(raw)
-        self._bound_timeout = timeout if timeout is not None else _DEFAULT_TIMEOUT
+        self._base, self._url_params = split_prometheus_url(raw)
+        self._bound_timeout = timeout if timeout is not None else DEFAULT_TIMEOUT
         self._lock = threading.Lock()
         self._connection: Any = None  # our own PrometheusConnect, made lazily
         self._adapter: HTTPAdapter | None = None
@@ -177,24 +219,30 @@ class PromQLSignal:
         )
 
     def _fetch(self) -> tuple[int, str, bytes]:
+        timeout = self._bound_timeout
+        deadline = time.monotonic() + timeout
         with self._lock:
             if self._closed:
                 raise SignalError("exception", "the signal is closed")
             prometheus, adapter = self._connect_locked()
         session: requests.Session = prometheus._session
         method = str(getattr(prometheus, "_method", "GET")).upper()
-        timeout = self._bound_timeout
         # Whole milliseconds: what every Prometheus-compatible server parses.
-        params = {"query": self.query, "timeout": f"{max(1, round(timeout * 1000))}ms"}
+        query = [("query", self.query), ("timeout", f"{max(1, round(timeout * 1000))}ms")]
         request = requests.Request(
             method,
             self._base + _QUERY_PATH,
-            params=params if method == "GET" else None,
-            data=params if method != "GET" else None,
+            params=[*self._url_params, *query] if method == "GET" else self._url_params,
+            data=query if method != "GET" else None,
             headers=getattr(prometheus, "headers", None),
             auth=getattr(prometheus, "auth", None),
         )
         where = redact_url(self._base)
+
+        def timed_out(exc: BaseException | None = None) -> SignalError:
+            cause = f" ({describe_exception(exc)})" if exc is not None else ""
+            return SignalError("timeout", f"no answer from {where} within {timeout:.3g} s{cause}")
+
         try:
             prepared = session.prepare_request(request)
             settings = session.merge_environment_settings(
@@ -202,29 +250,32 @@ class PromQLSignal:
             )
             response = adapter.send(
                 prepared,
-                stream=False,
+                stream=True,
                 timeout=(timeout, timeout),
                 verify=settings["verify"] if settings["verify"] is not None else True,
                 cert=settings["cert"],
                 proxies=settings["proxies"],
             )
         except requests.Timeout as exc:
-            raise SignalError(
-                "timeout",
-                f"no answer from {where} within {timeout:.3g} s ({describe_exception(exc)})",
-            ) from None
+            raise timed_out(exc) from None
         except (requests.RequestException, OSError, ValueError) as exc:
             raise SignalError(
                 "connection", f"cannot query {where}: {describe_exception(exc)}"
             ) from None
         try:
-            body = response.content
-        except requests.RequestException as exc:
+            body = _read_body(response, deadline, where)
+        except (TimeoutError, urllib3.exceptions.TimeoutError) as exc:
+            raise timed_out(exc) from None
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+            if time.monotonic() >= deadline:
+                raise timed_out(exc) from None
             raise SignalError(
                 "connection", f"lost the answer from {where}: {describe_exception(exc)}"
             ) from None
         finally:
             response.close()
+        if body is None:
+            raise timed_out()
         return response.status_code, response.headers.get("Content-Type", ""), body
 
     def _connect_locked(self) -> tuple[Any, HTTPAdapter]:
@@ -233,7 +284,12 @@ class PromQLSignal:
             if self._connection is None:
                 from prometheus_api_client import PrometheusConnect
 
-                self._connection = PrometheusConnect(url=self._base, timeout=self._bound_timeout)
+                connection = PrometheusConnect(url=self._base, timeout=self._bound_timeout)
+                problem = _session_problem(connection)
+                if problem:
+                    connection.close()
+                    raise SignalError("exception", problem)
+                self._connection = connection
             prometheus = self._connection
         if self._adapter is None:
             # No retries: requests' own default (Retry(0, read=False)).
@@ -257,6 +313,36 @@ class PromQLSignal:
     def __repr__(self) -> str:
         kind = f" graded [{self.warning}, {self.emergency}]" if self.graded else ""
         return f"<PromQLSignal {self.name!r}{kind} at {redact_url(self._base)}>"
+
+
+def _read_body(response: requests.Response, deadline: float, where: str) -> bytes | None:
+    """The body of a streamed *response*, or ``None`` when *deadline* passes first.
+
+    Each read waits at most the time left (the socket timeout is lowered
+    before every read), so a server that trickles its answer cannot hold the
+    poll past the deadline.
+
+    :raises SignalError: (``response``) the body exceeds :data:`MAX_BODY_BYTES`.
+    """
+    raw = response.raw
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        if sock is not None:
+            sock.settimeout(remaining)
+        chunk = raw.read1(_CHUNK, decode_content=True)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise SignalError(
+                "response", f"the answer from {where} is larger than {MAX_BODY_BYTES} bytes"
+            )
+        chunks.append(chunk)
 
 
 def evaluate_query_response(

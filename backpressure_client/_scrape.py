@@ -10,24 +10,33 @@ When the metric exists but no sample matches the labels, ``sum`` and
 ``count`` give 0 and the others give no value, which never fires (level 0).
 A metric missing from the page altogether is an error: it is usually a typo
 or the wrong URL.
+
+The timeout bounds the whole scrape, not each I/O step: the page is streamed
+against a monotonic deadline, and a watchdog shuts the connection down when
+the deadline passes mid-body, so a server that trickles its page cannot hold
+the poll longer.  A page larger than :data:`MAX_BYTES` is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import re
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 import httpx
 from prometheus_client.metrics_core import Metric
 
-from ._config import FailurePolicy
+from ._config import FailurePolicy, url_problem
 from ._errors import ConfigError
 from ._redact import redact_url
 from ._signals import (
+    DEFAULT_TIMEOUT,
     Reading,
     SignalError,
     describe_exception,
@@ -53,7 +62,6 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 _AGGREGATES = ("sum", "max", "min", "avg", "count")
 _ACCEPT = "text/plain;version=0.0.4;q=1.0, application/openmetrics-text;q=0.5, */*;q=0.1"
-_DEFAULT_TIMEOUT = 10.0
 #: A /metrics page larger than this (bytes) is refused.
 MAX_BYTES = 16 * 1024 * 1024
 _COUNTER_SUFFIXES = ("_total", "_created")
@@ -111,9 +119,9 @@ class ScrapeSignal:
         failure_policy: FailurePolicy | None = None,
     ) -> None:
         problems: list[str] = []
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            shown = redact_url(url) if isinstance(url, str) else url
-            problems.append(f"url={shown!r}: must be an http:// or https:// URL")
+        problem = url_problem(url, "url")
+        if problem:
+            problems.append(problem)
         if not isinstance(metric, str) or not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", metric):
             problems.append(f"metric={metric!r}: must be a metric name such as queue_depth")
         matchers = dict(labels or {})
@@ -165,7 +173,7 @@ class ScrapeSignal:
         self.name: str = name if name is not None else self._default_name()
         self._headers = {"Accept": _ACCEPT, **dict(headers or {})}
         self._verify = verify
-        self._bound_timeout = timeout if timeout is not None else _DEFAULT_TIMEOUT
+        self._bound_timeout = timeout if timeout is not None else DEFAULT_TIMEOUT
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
         self._closed = False
@@ -226,6 +234,13 @@ class ScrapeSignal:
             client = self._client
         where = redact_url(self.url)
         timeout = self._bound_timeout
+        deadline = time.monotonic() + timeout
+
+        def timed_out(exc: BaseException | None = None) -> SignalError:
+            cause = f" ({describe_exception(exc)})" if exc is not None else ""
+            return SignalError("timeout", f"no answer from {where} within {timeout:.3g} s{cause}")
+
+        watchdog: threading.Timer | None = None
         try:
             with client.stream("GET", self.url, timeout=timeout) as response:
                 if response.status_code != 200:
@@ -234,9 +249,14 @@ class ScrapeSignal:
                         "http",
                         f"HTTP {response.status_code} from {where} ({kind or 'no content type'})",
                     )
+                # httpx times each read on its own; the watchdog ends a body
+                # that trickles in past the deadline.
+                watchdog = _watchdog(response, deadline - time.monotonic(), self.name)
                 chunks = []
                 size = 0
                 for chunk in response.iter_bytes():
+                    if time.monotonic() >= deadline:
+                        raise timed_out()
                     size += len(chunk)
                     if size > MAX_BYTES:
                         raise SignalError(
@@ -246,14 +266,18 @@ class ScrapeSignal:
                 content_type = response.headers.get("Content-Type", "")
                 encoding = response.charset_encoding or "utf-8"
         except httpx.TimeoutException as exc:
-            raise SignalError(
-                "timeout",
-                f"no answer from {where} within {timeout:.3g} s ({describe_exception(exc)})",
-            ) from None
+            raise timed_out(exc) from None
         except httpx.HTTPError as exc:
+            if time.monotonic() >= deadline:
+                raise timed_out(exc) from None
             raise SignalError(
                 "connection", f"cannot scrape {where}: {describe_exception(exc)}"
             ) from None
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+        if time.monotonic() >= deadline:
+            raise timed_out()
         try:
             text = b"".join(chunks).decode(encoding)
         except (UnicodeDecodeError, LookupError):
@@ -270,6 +294,24 @@ class ScrapeSignal:
 
     def __repr__(self) -> str:
         return f"<ScrapeSignal {self.name!r} at {redact_url(self.url)}>"
+
+
+def _watchdog(response: httpx.Response, seconds: float, name: str) -> threading.Timer | None:
+    """Shut *response*'s connection down after *seconds*, unless cancelled first."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if not isinstance(sock, socket.socket):
+        return None
+
+    def shut() -> None:
+        with contextlib.suppress(OSError):  # already closed
+            sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(max(0.0, seconds), shut)
+    timer.name = f"backpressure-deadline[{name}]"[:120]
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def evaluate_exposition(

@@ -225,6 +225,23 @@ def option_problems(
     return out
 
 
+#: The timeout of a built-in signal used on its own, outside a limiter (seconds).
+DEFAULT_TIMEOUT = 10.0
+
+
+def default_query_timeout(cadence: float) -> float:
+    """The default timeout of a signal polled every *cadence* seconds.
+
+    A quarter of the cadence, at most :data:`DEFAULT_TIMEOUT` seconds.
+    """
+    return min(DEFAULT_TIMEOUT, cadence / 4)
+
+
+def default_stale_after(cadence: float) -> float:
+    """The default ``stale_after`` of a signal polled every *cadence* seconds: three cadences."""
+    return 3 * cadence
+
+
 def _is_finite_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 

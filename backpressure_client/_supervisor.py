@@ -5,12 +5,13 @@ another one, and no poller ever holds the limiter's lock for longer than a
 ``report_signal`` call, so no request waits for a signal.
 
 Threads (``limiter.start()`` / ``with limiter:``)
-    One daemon thread per signal keeps the cadence.  Each poll runs in a
-    short-lived daemon thread of its own, which the poller waits for at most
-    the signal's timeout: a poll that hangs is abandoned (counted as a
-    timeout, its result discarded), and the signal is not polled again until
-    it returns.  ``close()`` wakes the pollers and joins them; it returns
-    well under a second, whatever the signals are doing.
+    One daemon thread per signal (``backpressure-poller[...]``) keeps the
+    cadence.  Each poll runs in a short-lived daemon worker thread of its own
+    (``backpressure-poll[...]``), which the poller waits for at most the
+    signal's timeout: a poll that hangs is abandoned (counted as a timeout,
+    its result discarded), and the signal is not polled again until it
+    returns.  ``close()`` wakes the pollers and joins them (0.25 s at most
+    in all); it does not wait for worker threads.
 
 anyio tasks (``await limiter.astart()`` / ``async with limiter:``)
     One task per signal, in a task group owned by the limiter, on asyncio or
@@ -19,11 +20,21 @@ anyio tasks (``await limiter.astart()`` / ``async with limiter:``)
     ``abandon_on_cancel=True``.  ``aclose()`` cancels the group and returns as
     soon as its tasks have ended.
 
-Either way, no poller thread or task outlives the limiter: closing it stops
-them, and so does the limiter being garbage-collected (pollers hold it
-weakly).  A poll abandoned because it hangs keeps its worker thread until
-the signal's own call returns (the built-in signals give up after their
-timeout); its result is discarded.
+What closing guarantees: when ``close()`` / ``aclose()`` returns, no poller
+reports to the limiter any more, every poller task has ended, and the poller
+threads have ended (they only ever wait on an event that closing sets).  A
+poll in flight is not interrupted: its worker thread ends when the signal's
+``poll()`` returns, and then the signal is closed.  The built-in signals
+(PromQL, scrape) bound their whole poll by their timeout, so their workers end
+within it; an ``async def poll`` run from a thread is cancelled at its
+timeout; a custom sync ``poll`` that hangs keeps its worker thread until it
+returns.  Garbage-collecting an unclosed limiter stops its pollers as well
+(they hold it weakly).
+
+A signal's ``close()`` may be ``async def``: ``aclose()`` awaits it (shielded,
+at most the signal's timeout); ``close()`` runs it to completion with
+:func:`anyio.run` on the calling thread, or, when an event loop is running
+there, on a short-lived helper thread that it joins.
 
 The first poll happens at start; then one every cadence, measured from the
 start of the previous poll.
@@ -31,8 +42,10 @@ start of the previous poll.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+import sys
 import threading
 import time
 import weakref
@@ -40,6 +53,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from ._config import BackpressureConfig, FailurePolicy
@@ -52,6 +67,8 @@ from ._signals import (
     SignalStats,
     SignalTracker,
     as_reading,
+    default_query_timeout,
+    default_stale_after,
     describe_exception,
     option_problems,
 )
@@ -215,9 +232,6 @@ class _Runner:
                 return
             limiter.report_signal(self.name, firing=reading.firing, level=reading.level)
 
-    def _timed_out(self) -> SignalError:
-        return SignalError("timeout", f"no answer within {self.timeout:.3g} s")
-
     @property
     def limiter(self) -> Backpressure | None:
         return self._limiter_ref()
@@ -266,7 +280,7 @@ class _Runner:
         if call.done.is_set():
             self._complete(call.result, call.error, time.monotonic() - started)
         else:
-            self._fail(self._timed_out(), time.monotonic() - started)
+            self._fail(TimeoutError(), time.monotonic() - started)
 
     def _sleep_until(self, deadline: float, done: Callable[[], bool]) -> None:
         """Wait until *deadline* (monotonic seconds), *done()* or stop."""
@@ -316,7 +330,7 @@ class _Runner:
             if not self.alive:
                 return
             if outcome is None:
-                self._fail(self._timed_out(), time.monotonic() - started)
+                self._fail(TimeoutError(), time.monotonic() - started)
             else:
                 self._complete(outcome[0], outcome[1], time.monotonic() - started)
             return
@@ -333,7 +347,7 @@ class _Runner:
         if call.done.is_set():
             self._complete(call.result, call.error, time.monotonic() - started)
         else:
-            self._fail(self._timed_out(), time.monotonic() - started)
+            self._fail(TimeoutError(), time.monotonic() - started)
 
     # -- stopping --------------------------------------------------------------
 
@@ -351,21 +365,99 @@ class _Runner:
                 return
         self._close_signal()
 
-    def _close_signal(self) -> None:
+    async def aclose(self) -> None:
+        """Close the signal now, awaiting an ``async def close()``, or when its poll returns."""
+        with self._lock:
+            if self._busy_since is not None:
+                self._close_pending = True
+                return
+        close = self._claim_close()
+        if close is None:
+            return
+        try:
+            with anyio.move_on_after(self.limit, shield=True):
+                result = close()
+                if inspect.isawaitable(result):
+                    await result
+        except Exception as exc:
+            self._close_failed(exc)
+
+    def _claim_close(self) -> Callable[[], object] | None:
+        """The signal's ``close``, to the first caller only (``None``: nothing to call)."""
         with self._lock:
             if self._closed:
-                return
+                return None
             self._closed = True
         close = getattr(self.signal, "close", None)
-        if callable(close):
-            try:
-                close()
-            except Exception as exc:
-                _log.warning(
-                    "backpressure signal %r: close() failed: %s",
-                    self.name,
-                    describe_exception(exc),
-                )
+        return close if callable(close) else None
+
+    def _close_signal(self) -> None:
+        close = self._claim_close()
+        if close is None:
+            return
+        try:
+            if inspect.iscoroutinefunction(close):
+                _run_async(close, f"backpressure-close[{self.name}]")
+            else:
+                result = close()
+                if inspect.isawaitable(result):
+                    _run_async(lambda: result, f"backpressure-close[{self.name}]")
+        except Exception as exc:
+            self._close_failed(exc)
+
+    def _close_failed(self, exc: BaseException) -> None:
+        _log.warning(
+            "backpressure signal %r: close() failed: %s", self.name, describe_exception(exc)
+        )
+
+
+def _event_loop_running_here() -> bool:
+    """Whether an asyncio or trio event loop runs in the calling thread."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return True
+    trio: Any = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _run_async(fn: Callable[[], Awaitable[object]], thread_name: str) -> None:
+    """Run *fn()* to completion from synchronous code.
+
+    With :func:`anyio.run` in this thread, or, when an event loop already runs
+    here (a sync ``close()`` called from async code), in a helper thread that
+    is joined: an event loop cannot be nested.
+    """
+
+    async def main() -> None:
+        await fn()
+
+    if not _event_loop_running_here():
+        anyio.run(main)
+        return
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            anyio.run(main)
+        except BaseException as exc:  # reported by the caller
+            errors.append(exc)
+
+    helper = threading.Thread(target=run, name=thread_name[:120], daemon=True)
+    helper.start()
+    helper.join()
+    if errors:
+        raise errors[0]
 
 
 def _stop_all(runners: Sequence[_Runner]) -> None:
@@ -390,8 +482,8 @@ class Supervisor:
         self._limiter_name = limiter.name
         self._enabled = config.enable_backpressure
         all_signals: list[Signal] = [
-            PromQLSignal(query, url=config.prometheus_base_url or "")
-            for query in (config.backpressure_queries if config.prometheus_base_url else ())
+            PromQLSignal(query, url=config.backpressure_monitoring_url or "")
+            for query in (config.backpressure_queries if config.backpressure_monitoring_url else ())
         ]
         all_signals.extend(signals)
         self._runners: tuple[_Runner, ...] = tuple(_runners(limiter, config, all_signals))
@@ -399,6 +491,7 @@ class Supervisor:
         self._state = "new"  # new -> threads | tasks -> stopped
         self._task_group: TaskGroup | None = None
         self._host: tuple[int, int] | None = None  # (thread id, task id) of astart()
+        self._host_token: anyio.lowlevel.EventLoopToken | None = None
         self._finalizer = weakref.finalize(limiter, _stop_all, self._runners)
 
     @property
@@ -406,18 +499,8 @@ class Supervisor:
         """Whether the limiter must be started before it admits requests."""
         return self._enabled and bool(self._runners)
 
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`stop` or :meth:`astop` has run."""
-        return self._state == "stopped"
-
-    @property
-    def signals(self) -> tuple[Signal, ...]:
-        """The signals, configuration-derived ones first."""
-        return tuple(r.signal for r in self._runners)
-
     def signal_stats(self) -> tuple[SignalStats, ...]:
-        """A snapshot of every signal's state, in :attr:`signals` order."""
+        """A snapshot of every signal's state: configuration-derived signals first."""
         return tuple(r.tracker.stats() for r in self._runners)
 
     def _claim(self, state: str) -> bool:
@@ -447,6 +530,7 @@ class Supervisor:
         await group.__aenter__()
         self._task_group = group
         self._host = (threading.get_ident(), anyio.get_current_task().id)
+        self._host_token = anyio.lowlevel.current_token()
         for runner in self._runners:
             group.start_soon(runner.run_task, name=f"backpressure poller {runner.name!r}")
 
@@ -454,61 +538,95 @@ class Supervisor:
         """Stop the pollers promptly (idempotent).
 
         :raises LimiterStateError: the pollers are anyio tasks (the limiter
-            was started with ``astart()``): use ``aclose()`` instead.
+            was started with ``astart()``): use ``aclose()`` instead.  Nothing
+            is stopped then: the pollers go on until ``aclose()``.
         """
         with self._lock:
             state = self._state
-            if state != "tasks":
-                self._state = "stopped"
+            if state == "tasks":
+                # The task group lives in the task that called astart(): only
+                # an await from there can leave it.  Refuse before changing
+                # anything, so the limiter stays whole for aclose().
+                raise LimiterStateError(
+                    f"limiter {self._limiter_name!r} was started with astart(); close it "
+                    "with `await limiter.aclose()` (or use `async with limiter:`) in the "
+                    "same task"
+                )
+            self._state = "stopped"
         self._stop_runners()
-        if state == "tasks":
-            # The task group lives in the task that called astart(): only an
-            # await from there can leave it.  Stop the tasks, then say so.
-            if self._host is not None and self._host[0] == threading.get_ident():
-                for runner in self._runners:
-                    runner.cancel_task()
-            raise LimiterStateError(
-                f"limiter {self._limiter_name!r} was started with astart(); close it with "
-                "`await limiter.aclose()` (or use `async with limiter:`) in the same task"
-            )
-        if state == "threads":
-            deadline = time.monotonic() + _JOIN_GRACE
-            for runner in self._runners:
-                if runner.thread is not None:
-                    runner.thread.join(max(0.0, deadline - time.monotonic()))
+        for runner in self._runners:
+            runner.close()
+        self._join_threads()
 
     async def astop(self) -> None:
         """Async :meth:`stop`: ends the tasks started by :meth:`astart`, or stops threads.
 
-        :raises LimiterStateError: called from another task than :meth:`astart`.
+        Awaits a signal's ``async def close()``; joins poller threads in a
+        worker thread, never on the event loop.
+
+        :raises LimiterStateError: called from another task than :meth:`astart`
+            (the pollers are stopped all the same; the task group is left to
+            the task that made it).
         """
         with self._lock:
             state = self._state
             group = self._task_group
             same_task = self._host == (threading.get_ident(), anyio.get_current_task().id)
-            if state == "tasks" and same_task:
+            if state != "tasks" or same_task:
                 self._state = "stopped"
                 self._task_group = None
-        if state != "tasks" or group is None:
-            self.stop()
-            return
-        self._stop_runners()
-        if not same_task:
-            for runner in self._runners:
-                runner.cancel_task()
+        if state == "tasks" and not same_task:
+            self._stop_runners()
+            await self._cancel_tasks_from_elsewhere()
             raise LimiterStateError(
                 f"limiter {self._limiter_name!r}: aclose() must run in the task that called "
                 "astart() (use `async with limiter:` to keep them together)"
             )
-        group.cancel_scope.cancel()
-        await group.__aexit__(None, None, None)
+        self._stop_runners()
+        if state == "threads":
+            await anyio.to_thread.run_sync(self._join_threads)
+        elif group is not None:
+            group.cancel_scope.cancel()
+            await group.__aexit__(None, None, None)
+        for runner in self._runners:
+            await runner.aclose()
+
+    async def _cancel_tasks_from_elsewhere(self) -> None:
+        """Cancel the poller tasks from another task than the host, thread-safely."""
+        host, token = self._host, self._host_token
+        if host is None or token is None:
+            return
+        if host[0] == threading.get_ident():
+            self._cancel_tasks()  # the host's event loop: cancelling is safe here
+            return
+
+        # Another thread (and event loop): a CancelScope must only be touched
+        # from its own loop, so hand the cancel to the host's loop.  The
+        # pollers are already stopped; this only wakes them sooner.
+        def hand_over() -> None:
+            # An error means the host's loop has ended: nothing left to cancel.
+            with contextlib.suppress(Exception):
+                anyio.from_thread.run_sync(self._cancel_tasks, token=token)
+
+        with anyio.move_on_after(_JOIN_GRACE):
+            await anyio.to_thread.run_sync(hand_over, abandon_on_cancel=True)
+
+    def _cancel_tasks(self) -> None:
+        for runner in self._runners:
+            runner.cancel_task()
+
+    def _join_threads(self) -> None:
+        deadline = time.monotonic() + _JOIN_GRACE
+        for runner in self._runners:
+            if runner.thread is not None:
+                runner.thread.join(max(0.0, deadline - time.monotonic()))
 
     def _stop_runners(self) -> None:
+        """Stop reporting and wake every poller; the signals stay open."""
         self._finalizer.detach()
         for runner in self._runners:
             runner.stop()
         for runner in self._runners:
-            runner.close()
             limiter = runner.limiter
             if limiter is not None:
                 limiter.forget_signal(runner.name)
@@ -543,10 +661,14 @@ def _runners(
         if own:
             problems.extend(f"{where}: {p}" for p in own)
             continue
+        # The defaults follow the signal's own cadence when it has one; on the
+        # limiter's cadence they are config.effective_query_timeout / _stale_after.
         cadence = float(cadence) if cadence is not None else float(config.monitoring_cadence)
         if timeout is None:
             timeout = (
-                config.query_timeout if config.query_timeout is not None else min(10.0, cadence / 4)
+                config.query_timeout
+                if config.query_timeout is not None
+                else default_query_timeout(cadence)
             )
         timeout = float(timeout)
         if timeout >= cadence:
@@ -556,7 +678,11 @@ def _runners(
             )
             continue
         if stale_after is None:
-            stale_after = config.stale_after if config.stale_after is not None else 3 * cadence
+            stale_after = (
+                config.stale_after
+                if config.stale_after is not None
+                else default_stale_after(cadence)
+            )
         runners.append(
             _Runner(
                 signal,

@@ -9,6 +9,12 @@ closed, so a slot covers the whole exchange, body included:
 - ``with client.stream(...)`` holds the slot until the block exits;
 - ``client.send(..., stream=True)`` holds it until ``response.close()``.
 
+Close every streamed response (``with client.stream(...)``, or ``close()`` /
+``aclose()`` in a ``finally``): one that is dropped unclosed holds its slot
+for good, and enough of them fill the window.  The slot is not released from
+a finaliser: the garbage collector may run while the same thread holds the
+limiter's (non-reentrant) lock.
+
 A response that arrives already closed (its body read in full by the inner
 transport, as ``httpx.MockTransport`` does with ``Response(content=...)``)
 releases at once: nothing of it is left on the wire.
@@ -29,6 +35,7 @@ Request extension
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import math
@@ -172,6 +179,30 @@ def _release_for_exception(
     return outcome
 
 
+def _check_limiter(limiter: object) -> None:
+    """Refuse anything but a :class:`Backpressure` where the faces take a limiter."""
+    if not isinstance(limiter, Backpressure):
+        raise TypeError(
+            f"limiter must be a Backpressure, got {type(limiter).__name__}; "
+            "create one with Backpressure(BackpressureConfig(...))"
+        )
+
+
+def _cancelled_by_deadline(exc: BaseException) -> bool:
+    """Whether *exc* is a cancellation caused by a deadline (a caller's timeout).
+
+    Read from the cancellation itself, so the request path pays nothing for
+    it: trio's ``Cancelled.source`` is ``"deadline"`` for ``fail_after`` /
+    ``move_on_after`` deadlines, and anyio on asyncio cancels with the message
+    ``"... reason: deadline exceeded"``.  A native ``asyncio.timeout`` (which
+    anyio cannot see) and any cancellation whose cause cannot be read count
+    as plain cancellations: ``ignored``, the safe side.
+    """
+    if isinstance(exc, asyncio.CancelledError):
+        return any(isinstance(arg, str) and "deadline exceeded" in arg for arg in exc.args)
+    return exc.__class__.__name__ == "Cancelled" and getattr(exc, "source", None) == "deadline"
+
+
 def _wait_seconds(value: object, what: str) -> float:
     """Validate a wait for a slot given by the user, in seconds."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -185,17 +216,11 @@ def _wait_seconds(value: object, what: str) -> float:
 
 
 class _Admission:
-    """Admission, classification and hints, shared by the sync and async transports."""
+    """Admission, classification and hints, shared by the sync and async transports.
 
-    __slots__ = (
-        "_classify",
-        "_classify_error",
-        "_clock",
-        "_default_classify",
-        "_limiter",
-        "_try_acquire",
-        "_wait_timeout",
-    )
+    No ``__slots__`` here or in the transports: ``httpx.BaseTransport`` gives
+    every instance a ``__dict__`` anyway.
+    """
 
     def __init__(
         self,
@@ -204,20 +229,20 @@ class _Admission:
         classify: ResponseClassifier,
         classify_error: ExceptionClassifier,
     ) -> None:
-        if not isinstance(limiter, Backpressure):
-            raise TypeError(
-                f"limiter must be a Backpressure, got {type(limiter).__name__}; "
-                "create one with Backpressure(BackpressureConfig(...))"
-            )
+        _check_limiter(limiter)
         if not callable(classify) or not callable(classify_error):
             raise TypeError("classify and classify_error must be callables returning an Outcome")
         self._limiter = limiter
         self._try_acquire = limiter.try_acquire
         self._clock = limiter.clock
+        # Validated once, here: requests that use the transport's own wait
+        # skip the check.  None (the limiter's configured wait, validated by
+        # the config) is passed on as None, which the limiter does not check.
+        self._acquire_timeout = (
+            None if wait_timeout is None else _wait_seconds(wait_timeout, "wait_timeout")
+        )
         self._wait_timeout = (
-            limiter.config.wait_timeout
-            if wait_timeout is None
-            else _wait_seconds(wait_timeout, "wait_timeout")
+            limiter.config.wait_timeout if wait_timeout is None else self._acquire_timeout
         )
         self._classify = classify
         self._default_classify = classify is classify_response
@@ -229,6 +254,7 @@ class _Admission:
         return self._limiter
 
     def _request_wait(self, value: object) -> float:
+        """Validate a request's own ``backpressure_timeout`` extension."""
         return _wait_seconds(value, f"request.extensions[{TIMEOUT_EXTENSION!r}]")
 
     def _judge(self, response: httpx.Response) -> Outcome:
@@ -244,8 +270,6 @@ class _Admission:
 
 class _ReleasingByteStream(httpx.SyncByteStream):
     """The response body; closing it (once) closes the inner body and releases the slot."""
-
-    __slots__ = ("_outcome", "_owner", "_permit", "_start", "_stream")
 
     def __init__(
         self,
@@ -313,8 +337,6 @@ class BackpressureTransport(_Admission, httpx.BaseTransport):
         client = httpx.Client(transport=BackpressureTransport(limiter))
     """
 
-    __slots__ = ("_transport",)
-
     def __init__(
         self,
         limiter: Backpressure,
@@ -337,8 +359,13 @@ class BackpressureTransport(_Admission, httpx.BaseTransport):
         """
         wait = request.extensions.get(TIMEOUT_EXTENSION)
         if wait is None:
-            wait = self._wait_timeout
-        permit = self._limiter.acquire(self._request_wait(wait)) if wait else self._try_acquire()
+            if self._wait_timeout:
+                permit = self._limiter.acquire(self._acquire_timeout)
+            else:
+                permit = self._try_acquire()
+        else:
+            wait = self._request_wait(wait)
+            permit = self._limiter.acquire(wait) if wait else self._try_acquire()
         clock = self._clock
         start = clock()
         try:
@@ -394,8 +421,6 @@ class _AsyncReleasingByteStream(httpx.AsyncByteStream):
     reference) per response that this hot path does without.
     """
 
-    __slots__ = ("_chunks", "_outcome", "_owner", "_permit", "_start", "_stream")
-
     def __init__(
         self,
         stream: httpx.AsyncByteStream,
@@ -422,7 +447,10 @@ class _AsyncReleasingByteStream(httpx.AsyncByteStream):
         except BaseException as exc:
             try:
                 self._outcome = _IGNORED
-                self._outcome = _as_outcome(self._owner._classify_error(exc))
+                if _cancelled_by_deadline(exc):
+                    self._outcome = _DROPPED
+                else:
+                    self._outcome = _as_outcome(self._owner._classify_error(exc))
             finally:
                 await self.aclose()
             raise
@@ -458,10 +486,13 @@ class AsyncBackpressureTransport(_Admission, httpx.AsyncBaseTransport):
     taken without yielding to it.  A task cancelled while it waits, while the
     request is on the wire or while it reads the body releases its slot
     (``ignored``); the inner body is closed shielded from the cancellation.
+    A cancellation caused by the caller's own deadline (``anyio.fail_after``,
+    ``anyio.move_on_after``, trio's deadlines) is a timeout and counts
+    ``dropped``, whatever
+    *classify_error* says; a native ``asyncio.timeout`` cannot be told from a
+    plain cancellation and counts ``ignored``.
     :meth:`aclose` closes the inner transport.
     """
-
-    __slots__ = ("_transport",)
 
     def __init__(
         self,
@@ -485,17 +516,22 @@ class AsyncBackpressureTransport(_Admission, httpx.AsyncBaseTransport):
         """
         wait = request.extensions.get(TIMEOUT_EXTENSION)
         if wait is None:
-            wait = self._wait_timeout
-        if wait:
-            permit = await self._limiter.aacquire(self._request_wait(wait))
+            if self._wait_timeout:
+                permit = await self._limiter.aacquire(self._acquire_timeout)
+            else:
+                permit = self._try_acquire()
         else:
-            permit = self._try_acquire()
+            wait = self._request_wait(wait)
+            permit = await self._limiter.aacquire(wait) if wait else self._try_acquire()
         clock = self._clock
         start = clock()
         try:
             response = await self._transport.handle_async_request(request)
         except BaseException as exc:
-            _release_for_exception(permit, self._classify_error, exc, clock() - start)
+            if _cancelled_by_deadline(exc):
+                permit.release(_DROPPED, latency=clock() - start)
+            else:
+                _release_for_exception(permit, self._classify_error, exc, clock() - start)
             raise
         try:
             if self._default_classify:

@@ -74,6 +74,8 @@ class Canned:
     content_type: str = "application/json"
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    #: seconds between bytes of the body: a server that trickles its answer.
+    trickle: float = 0.0
 
 
 @dataclass
@@ -138,6 +140,7 @@ class _HTTPBase:
         body: bytes,
         content_type: str,
         headers: dict[str, str] | None = None,
+        trickle: float = 0.0,
     ) -> None:
         try:
             handler.send_response(status)
@@ -146,7 +149,14 @@ class _HTTPBase:
             for key, value in (headers or {}).items():
                 handler.send_header(key, value)
             handler.end_headers()
-            handler.wfile.write(body)
+            if not trickle:
+                handler.wfile.write(body)
+                return
+            for i in range(len(body)):
+                handler.wfile.write(body[i : i + 1])
+                handler.wfile.flush()
+                if self._release.wait(trickle):
+                    return  # the server is closing
         except OSError:
             pass  # the client gave up
 
@@ -193,7 +203,14 @@ class StubServer(_HTTPBase):
             return
         if canned.delay:
             self._release.wait(canned.delay)
-        self.reply(handler, canned.status, canned.body, canned.content_type, canned.headers)
+        self.reply(
+            handler,
+            canned.status,
+            canned.body,
+            canned.content_type,
+            canned.headers,
+            trickle=canned.trickle,
+        )
 
 
 class MetricsBackend(_HTTPBase):

@@ -8,6 +8,7 @@ import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from backpressure_client import (
@@ -108,7 +109,7 @@ def test_ordered_results_follow_the_input_order_whatever_the_completion_order() 
     for finished, i in enumerate(reversed(range(n)), start=1):  # finish last to first
         gates[i].set()
         if i:
-            wait_until(lambda finished=finished: len(completion) == finished)
+            wait_until(lambda finished=finished: len(completion) == finished)  # type: ignore[misc]
             assert delivered == []  # item 0 has not finished: nothing can be delivered
     thread.join(10)
     assert delivered == list(range(n))
@@ -595,3 +596,164 @@ def test_outcome_counts_match_the_report() -> None:
     stats = bp.stats()
     assert report.failed == stats.dropped == 10
     assert report.succeeded == stats.success == 90
+
+
+# -- waiting and stopping --------------------------------------------------------
+
+
+def queue_full_limiter() -> Backpressure:
+    """A limiter of one slot and one place in its wait queue."""
+    return Backpressure(
+        BackpressureConfig(congestion_window_min=1, congestion_window_max=1, max_waiters=1),
+        registry=None,
+    )
+
+
+def test_a_wait_that_runs_out_behind_a_full_queue_fails_with_wait_timeout_error() -> None:
+    bp = queue_full_limiter()
+    held = bp.try_acquire()
+    waiter = threading.Thread(target=lambda: bp.acquire(30).release())
+    waiter.start()
+    wait_until(lambda: bp.stats().waiting == 1)  # the queue is full
+    try:
+        report = run_batch(bp, lambda i: i, [0], on_error="collect", wait_timeout=0.05)
+    finally:
+        held.release()
+        waiter.join()
+    assert [type(f.error) for f in report.failures] == [WaitTimeoutError]
+
+
+@pytest.mark.anyio
+async def test_async_a_wait_that_runs_out_behind_a_full_queue_fails_with_wait_timeout_error() -> (
+    None
+):
+    bp = queue_full_limiter()
+
+    async def call(i: int) -> int:
+        return i
+
+    async with bp.slot(), anyio.create_task_group() as tg:
+        tg.start_soon(bp.aacquire, 30)  # fills the queue; its slot is released on exit
+        await anyio.wait_all_tasks_blocked()
+        assert bp.stats().waiting == 1
+        report = await arun_batch(bp, call, [0], on_error="collect", wait_timeout=0.05)
+        tg.cancel_scope.cancel()
+    assert [type(f.error) for f in report.failures] == [WaitTimeoutError]
+
+
+def test_a_stopped_batch_waits_for_its_running_calls_only_for_the_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import backpressure_client._batch as batch_module
+
+    monkeypatch.setattr(batch_module, "STOP_GRACE", 0.05)
+    bp = make_limiter(2)
+    stuck_started = threading.Event()
+    unstick = threading.Event()
+
+    def call(i: int) -> int:
+        if i == 0:
+            stuck_started.set()
+            unstick.wait(30)
+            return i
+        stuck_started.wait(30)
+        raise ValueError("item 1")
+
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_batch(bp, call, [0, 1], max_workers=2)
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    runner.join(10)  # without the grace it would wait for item 0
+    try:
+        assert not runner.is_alive()
+        assert [type(exc) for exc in outcome] == [ValueError]
+        assert bp.in_flight == 1  # item 0, still running in its daemon thread
+    finally:
+        unstick.set()
+        runner.join()
+    wait_until(lambda: bp.in_flight == 0)  # and it gives its slot back when done
+
+
+def test_a_batch_that_runs_to_its_end_waits_for_every_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import backpressure_client._batch as batch_module
+
+    monkeypatch.setattr(batch_module, "STOP_GRACE", 0.0)  # must not matter
+    bp = make_limiter(2)
+    finished: list[int] = []
+
+    def call(i: int) -> int:
+        time.sleep(0.02)
+        finished.append(i)
+        return i
+
+    assert run_batch(bp, call, range(4)).succeeded == 4
+    assert sorted(finished) == [0, 1, 2, 3]
+    assert bp.in_flight == 0
+
+
+@pytest.mark.anyio
+async def test_async_a_stopped_batch_stops_waiting_for_a_slot() -> None:
+    # The window is full of other callers' requests, one of them queued ahead
+    # of the batch: the failure of item 0 frees no slot for the batch.
+    bp = make_limiter(2)
+    outside = bp.try_acquire()
+    fail = anyio.Event()
+    queued_ahead = anyio.Event()
+
+    async def call(i: int) -> int:
+        await fail.wait()
+        raise ValueError(f"item {i}")
+
+    async def wait_outside() -> None:
+        queued_ahead.set()
+        async with bp.slot(30):
+            await anyio.sleep_forever()
+
+    async def items() -> AsyncIterator[int]:
+        yield 0
+        tg.start_soon(wait_outside)
+        await queued_ahead.wait()
+        while bp.stats().waiting < 1:  # wait_outside is queued
+            await anyio.lowlevel.checkpoint()
+        yield 1  # the batch now waits behind wait_outside
+        raise AssertionError("item 1 must not start")
+
+    async with anyio.create_task_group() as tg:
+
+        async def release_item_0() -> None:
+            while bp.stats().waiting < 2:  # wait_outside, then the batch
+                await anyio.lowlevel.checkpoint()
+            fail.set()
+
+        tg.start_soon(release_item_0)
+        with pytest.raises(ValueError, match="item 0"), anyio.fail_after(5):
+            await arun_batch(bp, call, items())
+        assert bp.stats().waiting == 0  # the batch's wait left the queue
+        tg.cancel_scope.cancel()
+    outside.release()
+    assert bp.in_flight == 0
+
+
+@pytest.mark.anyio
+async def test_progress_in_flight_leaves_out_the_item_waiting_for_its_slot() -> None:
+    bp = make_limiter(2)
+    outside = bp.try_acquire()
+    seen: list[BatchProgress] = []
+
+    async def call(i: int) -> int:
+        await anyio.wait_all_tasks_blocked()  # item 1 now waits for a slot
+        return i
+
+    report = await arun_batch(bp, call, range(2), progress=seen.append, max_workers=2)
+    outside.release()
+    assert report.succeeded == 2
+    # When item 0 finished, item 1 had a slot handed over but had not started.
+    assert [p.in_flight for p in seen] == [0, 0]

@@ -400,3 +400,86 @@ async def test_async_methods_and_async_callable_objects() -> None:
     assert inspect.iscoroutinefunction(handler)
     assert await handler(2) == 6
     assert bp.stats().success == 2
+
+
+@pytest.mark.anyio
+async def test_an_async_call_cut_by_the_callers_deadline_counts_dropped() -> None:
+    bp = make_limiter(2, maximum=16)
+    for _ in range(30):  # grow the window first, so that a halving shows
+        with bp.slot(), bp.slot():
+            pass
+    grown = bp.window
+    assert grown > 4
+
+    @limit(bp)
+    async def call() -> None:
+        await anyio.sleep_forever()
+
+    with pytest.raises(TimeoutError), anyio.fail_after(0.05):
+        await call()
+    stats = bp.stats()
+    assert (stats.in_flight, stats.dropped, stats.ignored) == (0, 1, 0)
+    assert bp.window == max(2, grown // 2)
+
+
+@pytest.mark.anyio
+async def test_a_plain_cancel_under_a_deadline_not_yet_passed_counts_ignored() -> None:
+    bp = make_limiter(1)
+    started = anyio.Event()
+
+    @limit(bp)
+    async def call() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await started.wait()
+            tg.cancel_scope.cancel()
+    stats = bp.stats()
+    assert (stats.in_flight, stats.dropped, stats.ignored) == (0, 0, 1)
+
+
+def test_a_sync_wrapper_refuses_a_callable_that_returns_a_coroutine() -> None:
+    bp = make_limiter(1)
+    ran: list[str] = []
+
+    async def work() -> str:
+        ran.append("body")
+        return "done"
+
+    def make_work() -> typing.Awaitable[str]:
+        # A plain function returning a coroutine: not an `async def`, so taken for sync.
+        return work()
+
+    call = limit(bp)(make_work)
+    with pytest.raises(TypeError, match="async def"):
+        call()
+    assert ran == []  # closed, never run (and no "never awaited" warning)
+    stats = bp.stats()
+    assert (stats.in_flight, stats.success, stats.ignored) == (0, 0, 1)
+
+
+def test_a_pre_validated_wait_is_not_validated_again_per_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import backpressure_client._decorator as decorator_module
+
+    bp = make_limiter(1, wait_timeout=1.0)
+    checked: list[object] = []
+
+    def record(*args: object) -> float:
+        checked.append(args)
+        return 1.0
+
+    monkeypatch.setattr(bp, "_timeout", record)
+    monkeypatch.setattr(decorator_module, "_wait_seconds", record)
+
+    @limit(bp)  # the limiter's configured wait: validated by its config
+    def call() -> int:
+        return 1
+
+    assert call() + call() == 2
+    assert checked == []
+    assert bp.stats().success == 2

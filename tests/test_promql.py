@@ -9,11 +9,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from _stub_servers import Canned, StubServer, refused_url, scalar, vector
+from _stub_servers import Canned, StubServer, refused_url, scalar, vector, wait_for
 from prometheus_api_client import PrometheusConnect
 
 from backpressure_client import Backpressure, BackpressureConfig, ConfigError
-from backpressure_client._promql import PromQLSignal, evaluate_query_response
+from backpressure_client._promql import MAX_BODY_BYTES, PromQLSignal, evaluate_query_response
 from backpressure_client._signals import Reading, SignalError
 
 QUERY = "/api/v1/query"
@@ -69,7 +69,7 @@ def test_scalar_fires_when_not_zero_and_not_nan(stub: StubServer, value: str, fi
     assert poll(stub, Canned(body=scalar(value))).firing is firing
 
 
-def test_matrix_result_is_a_query_error(stub: StubServer) -> None:
+def test_matrix_result_is_a_response_error(stub: StubServer) -> None:
     body = json.dumps(
         {
             "status": "success",
@@ -82,7 +82,7 @@ def test_matrix_result_is_a_query_error(stub: StubServer) -> None:
     assert "rate()" in str(err)
 
 
-def test_string_result_is_a_query_error(stub: StubServer) -> None:
+def test_string_result_is_a_response_error(stub: StubServer) -> None:
     body = json.dumps(
         {"status": "success", "data": {"resultType": "string", "result": [1, "hello"]}}
     ).encode()
@@ -293,3 +293,76 @@ def test_config_queries_become_signals_that_fire(stub: StubServer) -> None:
             time.sleep(0.02)
         assert limiter.firing == ()
     assert stub.seen[0].query["timeout"] == ["50ms"]  # a quarter of the cadence
+
+
+# -- the URL's query string, whole-poll deadline, body cap, PrometheusConnect internals ----
+
+
+def test_query_parameters_of_the_url_reach_prometheus_with_basic_auth_never_logged(
+    stub: StubServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    stub.set(QUERY, Canned(status=500, body=b"oops", content_type="text/plain"))
+    url = stub.url.replace("http://", "http://bob:hunter2@") + "/api/v1/query?token=s3cret&org=7"
+    config = BackpressureConfig(
+        backpressure_monitoring_url=url,
+        backpressure_queries=("up",),
+        monitoring_cadence=0.2,
+        congestion_window_min=1,
+        congestion_window_max=8,
+    )
+    assert config.prometheus_base_url == stub.url.replace("http://", "http://bob:hunter2@")
+    caplog.set_level("DEBUG", logger="backpressure_client")
+    with Backpressure(config, registry=None) as limiter:
+        wait_for(lambda: limiter.signal_stats()[0].errors >= 1, 3, what="a failed poll")
+    seen = stub.seen[0]
+    assert seen.path == QUERY
+    assert seen.query == {"token": ["s3cret"], "org": ["7"], "query": ["up"], "timeout": ["50ms"]}
+    assert seen.headers["Authorization"] == "Basic " + base64.b64encode(b"bob:hunter2").decode()
+    assert "HTTP 500" in caplog.text
+    assert "hunter2" not in caplog.text
+    assert "s3cret" not in caplog.text
+
+
+def test_url_query_parameters_stay_in_the_url_of_a_post_query(stub: StubServer) -> None:
+    stub.set(QUERY, Canned(body=vector(1)))
+    prom = PrometheusConnect(url=stub.url + "/?token=abc", method="POST")
+    sig = PromQLSignal("up", prometheus=prom)
+    try:
+        assert sig.poll().firing
+    finally:
+        sig.close()
+        prom.close()
+    seen = stub.seen[-1]
+    assert (seen.method, seen.path) == ("POST", QUERY)
+    assert seen.query["token"] == ["abc"]
+    assert seen.query["query"] == ["up"]
+    assert b"token" not in seen.body
+
+
+def test_a_trickling_answer_times_out_at_the_poll_deadline(stub: StubServer) -> None:
+    # One byte every 0.3 s: each read succeeds, the whole answer takes ~40 s.
+    stub.set(QUERY, Canned(body=vector(1), trickle=0.3))
+    sig = PromQLSignal("q", url=stub.url)
+    sig._bind_timeout(0.5)
+    start = time.monotonic()
+    try:
+        with pytest.raises(SignalError) as info:
+            sig.poll()
+    finally:
+        sig.close()
+    assert info.value.reason == "timeout"
+    assert time.monotonic() - start < 3  # not the trickle's 40 s
+
+
+def test_an_oversized_answer_is_refused(stub: StubServer) -> None:
+    err = failure(stub, Canned(body=b" " * (MAX_BODY_BYTES + 1) + vector(1)))
+    assert err.reason == "response"
+    assert "larger than" in str(err)
+
+
+def test_a_prometheus_connect_without_a_session_is_refused_at_construction() -> None:
+    class NotQuitePrometheusConnect:
+        url = "http://prom:9090"
+
+    with pytest.raises(ConfigError, match="_session"):
+        PromQLSignal("up", prometheus=NotQuitePrometheusConnect())  # type: ignore[arg-type]

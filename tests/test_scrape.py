@@ -246,3 +246,26 @@ def test_bad_scrape_arguments_are_reported_together() -> None:
     assert len(info.value.problems) == 5  # url, metric, aggregate, op, no threshold
     with pytest.raises(ConfigError, match="not both"):
         ScrapeSignal("http://b/metrics", "x", threshold=1, warning=1, emergency=2)
+
+
+def test_a_trickling_page_times_out_at_the_scrape_deadline(stub: StubServer) -> None:
+    # One byte every 0.3 s: each read succeeds, the whole page takes minutes.
+    stub.set("/metrics", Canned(body=PAGE.encode(), content_type="text/plain", trickle=0.3))
+    sig = scrape(stub.url + "/metrics", threshold=1)
+    sig._bind_timeout(0.5)
+    start = time.monotonic()
+    try:
+        with pytest.raises(SignalError) as info:
+            sig.poll()
+    finally:
+        sig.close()
+    assert info.value.reason == "timeout"
+    assert time.monotonic() - start < 3  # not the trickle's minutes
+
+
+def test_the_scrape_url_is_checked_like_every_other_url() -> None:
+    with pytest.raises(ConfigError) as info:
+        ScrapeSignal("http://u:hunter2@/metrics", "x", threshold=1)
+    (problem,) = info.value.problems
+    assert "with a host" in problem
+    assert "hunter2" not in problem

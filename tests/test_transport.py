@@ -237,7 +237,7 @@ def test_a_reader_that_abandons_the_body_releases_once_as_a_success() -> None:
         chunks = response.iter_raw()
         assert next(chunks) == b"hello, "
         assert bp.in_flight == 1
-        chunks.close()
+        chunks.close()  # type: ignore[attr-defined]  # a generator at run time
         assert bp.in_flight == 0
     assert streams[0].closes == 1
     stats = bp.stats()
@@ -971,3 +971,115 @@ async def test_an_async_429_passes_retry_after_on() -> None:
     assert bp.stats().dropped == 1
     assert bp.retry_after is not None
     assert 3 < bp.retry_after <= 4
+
+
+# -- timeouts the caller enforces (anyio / trio deadlines) ---------------------------
+
+
+def grown_limiter() -> Backpressure:
+    bp = make_limiter(2, maximum=16)
+    for _ in range(30):  # grow the window first, so that a halving shows
+        with bp.slot(), bp.slot():
+            pass
+    assert bp.window > 4
+    return bp
+
+
+async def stall(request: httpx.Request) -> httpx.Response:
+    await anyio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.anyio
+async def test_a_caller_deadline_on_the_wire_counts_dropped_and_halves_the_window() -> None:
+    bp = grown_limiter()
+    grown = bp.window
+    transport = AsyncBackpressureTransport(bp, httpx.MockTransport(stall))
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(TimeoutError), anyio.fail_after(0.05):
+            await client.get(URL)
+    stats = bp.stats()
+    assert (stats.in_flight, stats.dropped, stats.ignored) == (0, 1, 0)
+    assert bp.window == max(2, grown // 2)
+
+
+@pytest.mark.anyio
+async def test_a_caller_deadline_while_reading_the_body_counts_dropped() -> None:
+    bp = make_limiter(1)
+    stream = StallingStream(anyio.Event())
+    inner = httpx.MockTransport(lambda request: httpx.Response(200, stream=stream))
+    async with httpx.AsyncClient(transport=AsyncBackpressureTransport(bp, inner)) as client:
+        with anyio.move_on_after(0.05) as scope:
+            await client.get(URL)
+    assert scope.cancelled_caught
+    assert stream.closed_fully
+    stats = bp.stats()
+    assert (stats.in_flight, stats.dropped, stats.ignored, stats.success) == (0, 1, 0, 0)
+
+
+@pytest.mark.anyio
+async def test_a_plain_cancel_under_a_deadline_not_yet_passed_counts_ignored() -> None:
+    bp = make_limiter(1)
+    on_the_wire = anyio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        on_the_wire.set()
+        return await stall(request)
+
+    transport = AsyncBackpressureTransport(bp, httpx.MockTransport(handler))
+    async with httpx.AsyncClient(transport=transport) as client:
+        with anyio.fail_after(60):  # a deadline that has not passed
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.get, URL)
+                await on_the_wire.wait()
+                tg.cancel_scope.cancel()
+    stats = bp.stats()
+    assert (stats.in_flight, stats.dropped, stats.ignored) == (0, 0, 1)
+
+
+@pytest.mark.anyio
+async def test_a_plain_cancel_while_reading_the_body_under_a_deadline_counts_ignored() -> None:
+    bp = make_limiter(1)
+    started = anyio.Event()
+    inner = httpx.MockTransport(lambda request: httpx.Response(200, stream=StallingStream(started)))
+    async with httpx.AsyncClient(transport=AsyncBackpressureTransport(bp, inner)) as client:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.get, URL)
+                await started.wait()
+                tg.cancel_scope.cancel()
+    stats = bp.stats()
+    assert (stats.in_flight, stats.dropped, stats.ignored) == (0, 0, 1)
+
+
+# -- admission details -------------------------------------------------------------
+
+
+def test_the_transports_own_wait_is_not_validated_again_per_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import backpressure_client._transport as transport_module
+
+    bp = make_limiter(1)
+    inner = httpx.MockTransport(lambda request: httpx.Response(200))
+    client = httpx.Client(transport=BackpressureTransport(bp, inner, wait_timeout=1.0))
+    checked: list[object] = []
+    real = transport_module._wait_seconds
+
+    def counting(value: object, what: str) -> float:
+        checked.append(value)
+        return real(value, what)
+
+    monkeypatch.setattr(transport_module, "_wait_seconds", counting)
+    with client:
+        client.get(URL)
+        assert checked == []
+        client.get(URL, extensions={"backpressure_timeout": 0.5})
+        assert checked == [0.5]  # a request's own value still is
+    assert bp.stats().success == 2
+
+
+def test_the_transports_keep_no_ineffective_slots() -> None:
+    # httpx's base classes give every instance a __dict__: __slots__ would only mislead.
+    for cls in (BackpressureTransport, AsyncBackpressureTransport):
+        assert all("__slots__" not in vars(base) for base in cls.__mro__[:-1]), cls
