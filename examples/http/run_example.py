@@ -30,12 +30,12 @@ from pathlib import Path
 import httpx
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, start_http_server
 
-from backpressure_client import Backpressure, BackpressureConfig, BackpressureError
-
-try:
-    from backpressure_client import BackpressureTransport  # type: ignore[attr-defined]
-except ImportError:  # older checkouts export it from the private module only
-    from backpressure_client._transport import BackpressureTransport
+from backpressure_client import (
+    Backpressure,
+    BackpressureConfig,
+    BackpressureError,
+    BackpressureTransport,
+)
 
 CAPACITY = 8  # requests the backend works on at once without slowing down
 
