@@ -35,6 +35,7 @@ from ._transport import _IGNORED, _SUCCESS, _check_limiter, _wait_seconds
 __all__ = ["BatchFailure", "BatchProgress", "BatchReport", "arun_batch", "run_batch"]
 
 T = TypeVar("T")
+F = TypeVar("F")
 R = TypeVar("R")
 
 #: What a failed call does to the batch: stop it and raise, or be recorded.
@@ -336,11 +337,17 @@ def run_batch(
     return batch.run(items)
 
 
-class _ThreadBatch(Generic[T, R]):
+class _Batch(Generic[T, R, F]):
+    """What the thread and task batches share: the call, the ledger and the callbacks.
+
+    *F* is the type of the function: ``Callable[[T], R]`` for threads,
+    ``Callable[[T], Awaitable[R]]`` for tasks.
+    """
+
     def __init__(
         self,
         limiter: Backpressure,
-        func: Callable[[T], R],
+        func: F,
         ledger: _Ledger[T, R],
         on_result: Callable[[T, R], object] | None,
         progress: Callable[[BatchProgress], object] | None,
@@ -355,12 +362,19 @@ class _ThreadBatch(Generic[T, R]):
         self._progress = progress
         self._wait = wait
         self._classify = classify
-        self._cond = threading.Condition()
-        # Held by a finishing worker across its bookkeeping and callbacks, so
-        # that callbacks run one at a time and in delivery order.
-        self._deliver_lock = threading.Lock()
+
+
+class _ThreadBatch(_Batch[T, R, Callable[[T], R]]):
+    # Created per instance (run() is called once): the condition guards the
+    # ledger; the deliver lock is held by a finishing worker across its
+    # bookkeeping and callbacks, so that callbacks run one at a time and in
+    # delivery order.
+    _cond: threading.Condition
+    _deliver_lock: threading.Lock
 
     def run(self, items: Iterable[T]) -> BatchReport[T]:
+        self._cond = threading.Condition()
+        self._deliver_lock = threading.Lock()
         start = self._clock()
         cond = self._cond
         ledger = self._ledger
@@ -582,27 +596,9 @@ async def arun_batch(
     return await batch.run(items)
 
 
-class _TaskBatch(Generic[T, R]):
-    def __init__(
-        self,
-        limiter: Backpressure,
-        func: Callable[[T], Awaitable[R]],
-        ledger: _Ledger[T, R],
-        on_result: Callable[[T, R], object] | None,
-        progress: Callable[[BatchProgress], object] | None,
-        wait: float | None,
-        classify: ExceptionClassifier,
-    ) -> None:
-        self._limiter = limiter
-        self._clock = limiter.clock
-        self._func = func
-        self._ledger = ledger
-        self._on_result = on_result
-        self._progress = progress
-        self._wait = wait
-        self._classify = classify
-        self._wakeup: anyio.Event | None = None
-        self._tg: TaskGroup | None = None
+class _TaskBatch(_Batch[T, R, Callable[[T], Awaitable[R]]]):
+    _wakeup: anyio.Event | None = None
+    _tg: TaskGroup | None = None
 
     async def run(self, items: Iterable[T] | AsyncIterable[T]) -> BatchReport[T]:
         start = self._clock()

@@ -253,9 +253,24 @@ class _Admission:
         """The limiter that admits this transport's requests."""
         return self._limiter
 
-    def _request_wait(self, value: object) -> float:
-        """Validate a request's own ``backpressure_timeout`` extension."""
-        return _wait_seconds(value, f"request.extensions[{TIMEOUT_EXTENSION!r}]")
+    def _wait_for(self, request: httpx.Request) -> float | None:
+        """Seconds *request* may wait for a slot.
+
+        ``0`` fails fast; ``None`` is the limiter's configured wait (already
+        validated by the config); a request's own extension is checked here.
+        """
+        value = request.extensions.get(TIMEOUT_EXTENSION)
+        if value is not None:
+            return _wait_seconds(value, f"request.extensions[{TIMEOUT_EXTENSION!r}]")
+        return self._acquire_timeout if self._wait_timeout else 0.0
+
+    def _outcome(self, response: httpx.Response) -> Outcome:
+        """Classify *response*; the default classifier's success case makes no call."""
+        if self._default_classify:
+            code = response.status_code
+            if code < 500 and code != 429:
+                return _SUCCESS
+        return self._judge(response)
 
     def _judge(self, response: httpx.Response) -> Outcome:
         """Classify *response*; a ``dropped`` one passes its ``Retry-After`` on to the limiter."""
@@ -357,15 +372,8 @@ class BackpressureTransport(_Admission, httpx.BaseTransport):
         :raises LimiterStateError: the limiter is closed or not started.
         :raises httpx.TransportError: as the inner transport raises it.
         """
-        wait = request.extensions.get(TIMEOUT_EXTENSION)
-        if wait is None:
-            if self._wait_timeout:
-                permit = self._limiter.acquire(self._acquire_timeout)
-            else:
-                permit = self._try_acquire()
-        else:
-            wait = self._request_wait(wait)
-            permit = self._limiter.acquire(wait) if wait else self._try_acquire()
+        wait = self._wait_for(request)
+        permit = self._try_acquire() if wait == 0 else self._limiter.acquire(wait)
         clock = self._clock
         start = clock()
         try:
@@ -374,12 +382,7 @@ class BackpressureTransport(_Admission, httpx.BaseTransport):
             _release_for_exception(permit, self._classify_error, exc, clock() - start)
             raise
         try:
-            if self._default_classify:
-                # classify_response, inlined: the hot path makes no call.
-                code = response.status_code
-                outcome = _SUCCESS if code < 500 and code != 429 else self._judge(response)
-            else:
-                outcome = self._judge(response)
+            outcome = self._outcome(response)
             if response.is_closed:
                 permit.release(outcome, latency=clock() - start)
                 return response
@@ -514,15 +517,8 @@ class AsyncBackpressureTransport(_Admission, httpx.AsyncBaseTransport):
         :raises LimiterStateError: the limiter is closed or not started.
         :raises httpx.TransportError: as the inner transport raises it.
         """
-        wait = request.extensions.get(TIMEOUT_EXTENSION)
-        if wait is None:
-            if self._wait_timeout:
-                permit = await self._limiter.aacquire(self._acquire_timeout)
-            else:
-                permit = self._try_acquire()
-        else:
-            wait = self._request_wait(wait)
-            permit = await self._limiter.aacquire(wait) if wait else self._try_acquire()
+        wait = self._wait_for(request)
+        permit = self._try_acquire() if wait == 0 else await self._limiter.aacquire(wait)
         clock = self._clock
         start = clock()
         try:
@@ -534,11 +530,7 @@ class AsyncBackpressureTransport(_Admission, httpx.AsyncBaseTransport):
                 _release_for_exception(permit, self._classify_error, exc, clock() - start)
             raise
         try:
-            if self._default_classify:
-                code = response.status_code
-                outcome = _SUCCESS if code < 500 and code != 429 else self._judge(response)
-            else:
-                outcome = self._judge(response)
+            outcome = self._outcome(response)
             if response.is_closed:
                 permit.release(outcome, latency=clock() - start)
                 return response

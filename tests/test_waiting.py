@@ -496,19 +496,22 @@ async def test_close_from_another_thread_wakes_waiting_tasks() -> None:
 # -- waiters that can no longer be woken ----------------------------------------------
 
 
-def test_a_waiter_on_a_closed_event_loop_does_not_cost_a_slot() -> None:
+def queue_a_waiter_on_a_closed_loop(bp: Backpressure) -> None:
+    """Queue a task's wait, then close its loop without cancelling it: a dead waiter."""
     import asyncio
 
-    bp = make(1, 1)
-    held = bp.try_acquire()
     loop = asyncio.new_event_loop()
     task = loop.create_task(bp.aacquire(timeout=LIVENESS))
-    # Run the task until it is queued, then close the loop without
-    # cancelling it: its waiter can never be woken.
     while bp.stats().waiting == 0:
         loop.run_until_complete(asyncio.sleep(0))
     loop.close()
     assert not task.done()
+
+
+def test_a_waiter_on_a_closed_event_loop_does_not_cost_a_slot() -> None:
+    bp = make(1, 1)
+    held = bp.try_acquire()
+    queue_a_waiter_on_a_closed_loop(bp)
     # The release hands the slot to the dead waiter, finds it cannot be
     # woken, and takes the slot back instead of raising or losing it.
     assert held.release() is True
@@ -519,16 +522,9 @@ def test_a_waiter_on_a_closed_event_loop_does_not_cost_a_slot() -> None:
 
 
 def test_a_dead_waiter_passes_its_slot_to_the_next_live_one() -> None:
-    import asyncio
-
     bp = make(1, 1)
     held = bp.try_acquire()
-    loop = asyncio.new_event_loop()
-    task = loop.create_task(bp.aacquire(timeout=LIVENESS))
-    while bp.stats().waiting == 0:
-        loop.run_until_complete(asyncio.sleep(0))
-    loop.close()
-    assert not task.done()
+    queue_a_waiter_on_a_closed_loop(bp)
     worker = Worker(lambda: bp.acquire(timeout=LIVENESS))
     worker.start()
     wait_until(waiting(bp, 2))
